@@ -1,0 +1,45 @@
+"""Reading `params.yaml`: nested keys addressed as 'a.b.c', with errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ParamError(ValueError):
+    """A parameter is missing or out of range; the message names the key."""
+
+
+_MISSING = object()
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ParamError(f"{path}: parameter file not found")
+    with open(path) as f:
+        params = yaml.safe_load(f) or {}
+    if not isinstance(params, dict):
+        raise ParamError(f"{path}: expected a mapping at the top level")
+    return params
+
+
+def get(params: dict, key: str, default: Any = _MISSING) -> Any:
+    """Return params['a']['b'] for key 'a.b'; raise ParamError naming the key if absent."""
+    node: Any = params
+    for part in key.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif default is not _MISSING:
+            return default
+        else:
+            raise ParamError(f"params: missing key '{key}'")
+    return node
+
+
+def check(condition: bool, key: str, message: str) -> None:
+    """Raise ParamError('<key>: <message>') unless condition holds."""
+    if not condition:
+        raise ParamError(f"params: '{key}' {message}")
