@@ -1,0 +1,37 @@
+"""Shared fixtures. Tests run offline on seeded random weights; real-data tests skip without ../shared."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("RESIDUAL_AUDIO_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def model():
+    """HTSAT-tiny CLAP with seeded random weights (built once per test run)."""
+    from residual_audio.clap import build_model
+
+    return build_model("tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = SHARED / "data"
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent (real-data tests need ../shared)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer(shared_data):
+    from residual_audio.clap import load_tokenizer
+
+    return load_tokenizer(shared_data / "roberta-base")
