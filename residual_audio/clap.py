@@ -295,6 +295,70 @@ def logit_scale(model) -> float:
 # --------------------------------------------------------------------------- audio path
 
 
+class MelFrontEnd(torch.nn.Module):
+    """The model's frozen STFT + log-mel extractor on its own, so preprocessing needs no full model.
+
+    Built exactly as HTS-AT builds it; with a checkpoint, its stored extractor weights are
+    loaded, so the cached log-mel is bit-for-bit what that model computes.
+    """
+
+    PREFIX = "audio_branch."
+
+    def __init__(self, audio_cfg: dict):
+        super().__init__()
+        import_laion_clap()
+        from torchlibrosa.stft import LogmelFilterBank, Spectrogram
+
+        c = audio_cfg
+        self.spectrogram_extractor = Spectrogram(
+            n_fft=c["window_size"], hop_length=c["hop_size"], win_length=c["window_size"], window="hann",
+            center=True, pad_mode="reflect", freeze_parameters=True,
+        )
+        self.logmel_extractor = LogmelFilterBank(
+            sr=c["sample_rate"], n_fft=c["window_size"], n_mels=c["mel_bins"], fmin=c["fmin"], fmax=c["fmax"],
+            ref=1.0, amin=1e-10, top_db=None, freeze_parameters=True,
+        )
+        self.audio_cfg = dict(audio_cfg)
+        self.eval()
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | os.PathLike, variant: str = "tiny") -> "MelFrontEnd":
+        """Front end of `checkpoint` (a file path, or 'random' for the seeded random model's)."""
+        if str(checkpoint) == "random":
+            return cls(model_config(variant)["audio_cfg"])
+        state = read_checkpoint(checkpoint)
+        front = cls(model_config(variant_of(state, checkpoint))["audio_cfg"])
+        own = {k: state[cls.PREFIX + k] for k in front.state_dict() if cls.PREFIX + k in state}
+        try:
+            front.load_state_dict(own, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{checkpoint}: mel extractor weights do not match the audio settings: {exc}") from None
+        return front
+
+    @classmethod
+    def of(cls, model) -> "MelFrontEnd":
+        front = cls(model.audio_cfg.__dict__)
+        front.spectrogram_extractor.load_state_dict(model.audio_branch.spectrogram_extractor.state_dict())
+        front.logmel_extractor.load_state_dict(model.audio_branch.logmel_extractor.state_dict())
+        return front
+
+    @torch.no_grad()
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        """[B, 480000] waveform -> [B, 1001, 64] log-mel."""
+        x = self.spectrogram_extractor(waveform)
+        return self.logmel_extractor(x)[:, 0]
+
+    def fingerprint(self) -> str:
+        """sha256 of the extractor weights: ties a mel store to the model that must read it."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name, t in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().to(torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+
 @torch.no_grad()
 def log_mel(model, waveform: torch.Tensor) -> torch.Tensor:
     """Log-mel from the model's own frozen extractor: [B, 480000] -> [B, 1001, 64]."""
@@ -320,16 +384,8 @@ def audio_embedding_from_mel(model, mel: torch.Tensor) -> dict:
 
 
 def mel_fingerprint(model) -> str:
-    """sha256 of the frozen STFT and mel filterbank weights: ties a mel store to its model."""
-    import hashlib
-
-    h = hashlib.sha256()
-    branch = model.audio_branch
-    for module in (branch.spectrogram_extractor, branch.logmel_extractor):
-        for name, t in sorted(module.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().cpu().to(torch.float32).numpy().tobytes())
-    return h.hexdigest()
+    """sha256 of the model's frozen STFT and mel filterbank weights (see MelFrontEnd.fingerprint)."""
+    return MelFrontEnd.of(model).fingerprint()
 
 
 @dataclass(frozen=True)
@@ -352,3 +408,18 @@ class Architecture:
         heads = tuple(layer.blocks[0].num_heads for layer in layers)
         widths = tuple(layer.dim for layer in layers)
         return cls(depths, heads, widths, widths[0] // heads[0])
+
+
+def checkpoint_from(models_dir: str | os.PathLike = "data/models") -> str | Path:
+    """The checkpoint the download stage provided: its file, or 'random' when none was asked for."""
+    models_dir = Path(models_dir)
+    manifest = models_dir / "manifest.json"
+    if not manifest.is_file():
+        raise CheckpointError(f"{manifest}: not found; run the download stage first")
+    info = json.loads(manifest.read_text())
+    if info.get("weights") == "random":
+        return "random"
+    path = models_dir / "checkpoint.pt"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found (manifest says pretrained weights)")
+    return path

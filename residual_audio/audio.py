@@ -1,0 +1,104 @@
+"""Deterministic audio front end: decode, mono, resample to 48 kHz, int16-quantise, pad/crop to 10 s.
+
+Matches what LAION-CLAP's `get_audio_embedding_from_filelist` feeds its model, minus its
+two sources of randomness (the `rand_trunc` crop position and the global RNG), and with
+an exact-length band-limited resampler: librosa returns 240,001 samples for a 5 s
+44.1 kHz clip, which makes LAION's repeat-pad append 5 s of silence instead of a second
+repeat.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+SAMPLE_RATE = 48000
+CLIP_SAMPLES = 480000  # 10 s
+MIN_SAMPLE_RATE = 4000
+MAX_SAMPLE_RATE = 384000
+
+
+class AudioError(ValueError):
+    """The audio file cannot be used; the message names the file."""
+
+
+def decode(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read an audio file as float32 mono in [-1, 1] plus its sample rate.
+
+    Multi-channel audio is mixed down by averaging channels. Corrupt, empty, all-silent
+    or non-finite audio raises AudioError naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: audio file not found")
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/TypeError
+        raise AudioError(f"{path}: cannot decode audio ({exc})") from None
+    if data.size == 0:
+        raise AudioError(f"{path}: empty audio (no samples)")
+    if not np.isfinite(data).all():
+        raise AudioError(f"{path}: audio contains NaN or infinite samples")
+    if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{path}: unsupported sample rate {sr} Hz (expected {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE})")
+    mono = data.mean(axis=1, dtype=np.float64).astype(np.float32)
+    if not np.any(mono):
+        raise AudioError(f"{path}: audio is entirely silent")
+    return mono, int(sr)
+
+
+def resample(x: np.ndarray, sr: int, target: int = SAMPLE_RATE) -> np.ndarray:
+    """Band-limited polyphase resampling to exactly round(len(x) * target / sr) samples."""
+    n_out = int(round(len(x) * target / sr))
+    if sr == target:
+        return x.astype(np.float32, copy=False)
+    ratio = Fraction(target, sr)
+    y = resample_poly(x.astype(np.float64), ratio.numerator, ratio.denominator)
+    if len(y) >= n_out:
+        y = y[:n_out]
+    else:
+        y = np.pad(y, (0, n_out - len(y)))
+    return y.astype(np.float32)
+
+
+def quantize_int16(x: np.ndarray) -> np.ndarray:
+    """LAION's float -> int16 -> float round trip (clip to [-1, 1], scale by 32767, truncate)."""
+    q = (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)
+    return (q / 32767.0).astype(np.float32)
+
+
+def crop_offset(n: int, length: int, crop: str | int) -> int:
+    """Start of the kept window for a clip longer than `length`: 'start', 'center' or a sample offset."""
+    overflow = n - length
+    if crop == "start":
+        return 0
+    if crop == "center":
+        return overflow // 2
+    if isinstance(crop, (int, np.integer)) and not isinstance(crop, bool):
+        return int(min(max(crop, 0), overflow))
+    raise ValueError(f"crop must be 'start', 'center' or an integer sample offset, not {crop!r}")
+
+
+def fit_length(x: np.ndarray, length: int = CLIP_SAMPLES, crop: str | int = "start") -> np.ndarray:
+    """Repeat-pad (as LAION's 'repeatpad': whole repeats, then zeros) or crop deterministically."""
+    n = len(x)
+    if n > length:
+        start = crop_offset(n, length, crop)
+        return x[start : start + length]
+    if n < length:
+        x = np.tile(x, length // n)
+        x = np.pad(x, (0, length - len(x)))
+    return x
+
+
+def prepare(path: str | Path, crop: str | int = "start") -> tuple[np.ndarray, dict]:
+    """The model-ready 10 s, 48 kHz waveform of one file, and facts about the original."""
+    x, sr = decode(path)
+    info = {"orig_sr": sr, "duration": len(x) / sr}
+    x = resample(x, sr)
+    x = quantize_int16(x)
+    return fit_length(x, CLIP_SAMPLES, crop), info

@@ -1,0 +1,139 @@
+"""Turn a dataset's clips into one zarr store of model-ready log-mels plus a clip table.
+
+The store is sharded (few files), deterministic (byte-identical on re-run, so DVC does
+not re-run downstream stages), and written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from tqdm import tqdm
+from zarr.codecs import ZstdCodec
+
+from . import audio
+from .clap import MelFrontEnd
+from .io import atomic_path
+
+CLIP_COLUMNS = ["clip_id", "path", "label", "label_name", "fold", "duration", "orig_sr"]
+WARNING_RANDOM = "RANDOM WEIGHTS: not a pretrained model; numbers are for testing the pipeline only"
+
+
+def _codecs():
+    return [ZstdCodec(level=3)]
+
+
+def create_table_array(group, name: str, values, chunk: int = 4096):
+    """A small 1-d array (ids, labels, folds), written whole."""
+    values = np.asarray(values)
+    dtype = str if values.dtype.kind in "UO" else values.dtype
+    arr = group.create_array(name, shape=values.shape, dtype=dtype, chunks=(min(chunk, max(len(values), 1)),),
+                             compressors=_codecs() if dtype is not str else "auto")
+    arr[:] = values
+    return arr
+
+
+def write_clip_table(clips, infos, path: Path) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CLIP_COLUMNS)
+    for clip, info in zip(clips, infos):
+        w.writerow([clip.clip_id, portable_path(clip.path), clip.label, clip.label_name, clip.fold,
+                    f"{info['duration']:.6f}", info["orig_sr"]])
+    path.write_text(buf.getvalue())
+
+
+def portable_path(path) -> str:
+    """The clip's path relative to the working directory when below it, so tables diff across machines."""
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+def preprocess(
+    clips,
+    classes: list[str],
+    front: MelFrontEnd,
+    store_path: str | Path,
+    table_path: str | Path,
+    *,
+    dataset: str,
+    weights: str,
+    crop: str | int = "start",
+    batch_size: int = 16,
+    shard_clips: int = 64,
+    attrs: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Decode, resample, pad/crop and log-mel every clip into `store_path`; return stage timings (s)."""
+    if not clips:
+        raise ValueError(f"{dataset}: no clips to preprocess")
+    store_path, table_path = Path(store_path), Path(table_path)
+    timings = defaultdict(float)
+    n = len(clips)
+    frames, mels = front(torch.zeros(1, audio.CLIP_SAMPLES)).shape[1:]
+    infos = []
+    with atomic_path(store_path) as tmp_store, atomic_path(table_path) as tmp_table:
+        group = zarr.open_group(tmp_store, mode="w", zarr_format=3)
+        shard = (min(shard_clips, n), frames, mels)
+        mel_arr = group.create_array("mel", shape=(n, frames, mels), dtype="float32", chunks=(1, frames, mels),
+                                     shards=shard, compressors=_codecs(), fill_value=0.0)
+        bar = tqdm(total=n, desc=f"preprocess {dataset}", unit="clip", disable=not progress)
+        for start in range(0, n, shard[0]):
+            part = clips[start : start + shard[0]]
+            out = np.empty((len(part), frames, mels), dtype=np.float32)
+            for b in range(0, len(part), batch_size):
+                batch = part[b : b + batch_size]
+                waves = []
+                for clip in batch:
+                    t0 = time.perf_counter()
+                    x, sr = audio.decode(clip.path)
+                    infos.append({"orig_sr": sr, "duration": len(x) / sr})
+                    t1 = time.perf_counter()
+                    x = audio.resample(x, sr)
+                    x = audio.fit_length(audio.quantize_int16(x), audio.CLIP_SAMPLES, crop)
+                    t2 = time.perf_counter()
+                    timings["decode"] += t1 - t0
+                    timings["resample"] += t2 - t1
+                    waves.append(x)
+                t0 = time.perf_counter()
+                out[b : b + len(batch)] = front(torch.from_numpy(np.stack(waves))).numpy()
+                timings["mel"] += time.perf_counter() - t0
+                bar.update(len(batch))
+            t0 = time.perf_counter()
+            mel_arr[start : start + len(part)] = out
+            timings["write"] += time.perf_counter() - t0
+        bar.close()
+        create_table_array(group, "clip_id", [c.clip_id for c in clips])
+        create_table_array(group, "label", np.array([c.label for c in clips], dtype=np.int64))
+        create_table_array(group, "fold", np.array([c.fold for c in clips], dtype=np.int64))
+        meta = {
+            "dataset": dataset,
+            "classes": list(classes),
+            "mel_sha256": front.fingerprint(),
+            "weights": weights,
+            "audio": {k: front.audio_cfg[k] for k in ("sample_rate", "window_size", "hop_size", "mel_bins", "fmin", "fmax", "clip_samples")},
+            "crop": crop,
+            "fill": "repeatpad",
+        }
+        if weights == "random":
+            meta["warning"] = WARNING_RANDOM
+        meta.update(attrs or {})
+        group.attrs.update(meta)
+        write_clip_table(clips, infos, Path(tmp_table))
+    return dict(timings)
+
+
+def open_mel_store(path: str | Path):
+    """Open a preprocess store for reading, with a clear error if it is absent."""
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise FileNotFoundError(f"{path}: mel store not found; run the preprocess stage first")
+    return zarr.open_group(path, mode="r")
