@@ -7,6 +7,7 @@ not re-run downstream stages), and written atomically.
 from __future__ import annotations
 
 import csv
+import sys
 import io
 import os
 import time
@@ -137,3 +138,43 @@ def open_mel_store(path: str | Path):
     if not (path / "zarr.json").is_file():
         raise FileNotFoundError(f"{path}: mel store not found; run the preprocess stage first")
     return zarr.open_group(path, mode="r")
+
+
+def run(params: dict, workdir: str | Path = ".") -> Path:
+    """The `preprocess` stage: the dataset named by `dataset` into data/mel/<dataset>.zarr."""
+    from . import datasets
+    from .clap import checkpoint_from
+    from .params import ParamError, check, get
+
+    workdir = Path(workdir)
+    name = get(params, "dataset")
+    check(isinstance(name, str) and name in datasets.DATASETS, "dataset",
+          f"is {name!r}; known datasets: {', '.join(datasets.DATASETS)}")
+    config = get(params, f"data.{name}", {}) or {}
+    options = {k: v for k, v in config.items() if k not in ("source", "sha256", "limit")}
+    limit = config.get("limit")
+    check(limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit > 0),
+          f"data.{name}.limit", f"must be a positive integer or null, not {limit!r}")
+    seed = get(params, "seed", 0)
+    crop = get(params, "preprocess.crop", "start")
+    check(crop in ("start", "center") or (isinstance(crop, int) and not isinstance(crop, bool) and crop >= 0),
+          "preprocess.crop", f"must be 'start', 'center' or a sample offset >= 0, not {crop!r}")
+    batch_size = get(params, "preprocess.batch_size", 16)
+    check(isinstance(batch_size, int) and batch_size > 0, "preprocess.batch_size", "must be a positive integer")
+
+    clips, classes = datasets.list_clips(name, workdir / "data" / "raw" / name, **options)
+    clips = datasets.select(clips, limit, seed)
+    checkpoint = checkpoint_from(workdir / "data" / "models")
+    variant = get(params, "model.variant", "tiny")
+    front = MelFrontEnd.from_checkpoint(checkpoint, variant)
+    weights = "random" if checkpoint == "random" else "pretrained"
+    out = workdir / "data" / "mel"
+    used = {"dataset": name, "limit": limit, "seed": seed, "crop": crop}
+    if weights == "random":
+        print(f"preprocess: {WARNING_RANDOM}", file=sys.stderr)
+    timings = preprocess(clips, classes, front, out / f"{name}.zarr", out / f"{name}.csv", dataset=name,
+                         weights=weights, crop=crop, batch_size=batch_size, attrs={"params": used})
+    total = sum(timings.values())
+    print(f"preprocess: {len(clips)} clips of {name}, {len(classes)} classes; "
+          + ", ".join(f"{k} {v / total:.0%}" for k, v in timings.items()), file=sys.stderr)
+    return out / f"{name}.zarr"
