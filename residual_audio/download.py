@@ -191,6 +191,8 @@ def unpack(archive: Path, dest: Path, label: str) -> list[str]:
                 os.chmod(folder, os.stat(folder).st_mode | 0o700)
         else:
             raise DownloadError(f"{label}: not an archive ({', '.join(ARCHIVE_SUFFIXES)})")
+    except tarfile.FilterError as exc:
+        raise DownloadError(f"{label}: refused to unpack an unsafe archive member ({exc})") from None
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
         raise DownloadError(f"{label}: not a valid {kind} archive ({exc})") from None
     return sorted({Path(n).parts[0] for n in names if Path(n).parts})
@@ -490,8 +492,11 @@ def run(params: dict, workdir: str | os.PathLike = ".") -> dict:
             _against(workdir, source), workdir / "data" / "raw" / name, config.get("sha256"),
             key=f"data.{name}.source", check_dataset=name, options=options,
         )
+        checkpoint = get(params, "model.checkpoint")
+        if checkpoint in OFFICIAL_CHECKPOINTS and not (workdir / checkpoint).exists():
+            checkpoint = OFFICIAL_CHECKPOINTS[checkpoint]  # an official file name stands for its URL
         model = fetch_model(
-            _against(workdir, get(params, "model.checkpoint")),
+            _against(workdir, checkpoint),
             _against(workdir, get(params, "model.tokenizer", None)),
             workdir / "data" / "models",
             get(params, "model.checkpoint_sha256", None),

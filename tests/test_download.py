@@ -237,7 +237,7 @@ def test_archive_escaping_the_output_is_refused(tmp_path):
         info = tarfile.TarInfo("../../escaped.txt")
         info.size = len(data)
         t.addfile(info, io.BytesIO(data))
-    with pytest.raises(DownloadError, match="evil.tar"):
+    with pytest.raises(DownloadError, match="evil.tar: refused to unpack an unsafe archive member"):
         fetch_dataset(str(evil), tmp_path / "a" / "raw")
     assert not list(tmp_path.rglob("escaped.txt")) and not (tmp_path / "a" / "raw").exists()
 
@@ -363,6 +363,24 @@ def test_run_resolves_relative_paths_against_the_project(esc_tree, tmp_path):
     result = run(params, work)
     assert result["data"]["clips"] == 12 and result["model"]["weights"] == "pretrained"
     assert (work / "data" / "models" / "checkpoint.pt").read_bytes() == b"weights"
+
+
+def test_official_checkpoint_name_stands_for_its_url(esc_tree, tmp_path, monkeypatch):
+    import residual_audio.download as download
+
+    params = stage_params(str(esc_tree))
+    params["model"]["checkpoint"] = "630k-audioset-best.pt"
+    seen = []
+
+    def no_network(url, dest, sha256=None, timeout=60):
+        seen.append(url)
+        raise DownloadError(f"{url}: download failed (no network in tests)")
+
+    monkeypatch.setattr(download, "download_url", no_network)
+    with pytest.raises(DownloadError, match="huggingface.co/lukewys/laion_clap/resolve/main/630k-audioset-best.pt"):
+        run(params, tmp_path)
+    assert seen == ["https://huggingface.co/lukewys/laion_clap/resolve/main/630k-audioset-best.pt"]
+    assert not (tmp_path / "data" / "models").exists()
 
 
 def test_interrupted_run_leftovers_are_removed(esc_tree, tmp_path):
