@@ -191,6 +191,8 @@ def unpack(archive: Path, dest: Path, label: str) -> list[str]:
                 os.chmod(folder, os.stat(folder).st_mode | 0o700)
         else:
             raise DownloadError(f"{label}: not an archive ({', '.join(ARCHIVE_SUFFIXES)})")
+    except tarfile.FilterError as exc:
+        raise DownloadError(f"{label}: refused to unpack an unsafe archive member ({exc})") from None
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
         raise DownloadError(f"{label}: not a valid {kind} archive ({exc})") from None
     return sorted({Path(n).parts[0] for n in names if Path(n).parts})
@@ -273,6 +275,16 @@ def place(source: str, dest: Path, sha256: str | None, key: str) -> dict:
 # --------------------------------------------------------------------------- manifests
 
 
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete what an interrupted earlier run (killed mid-download) left next to `out`.
+
+    `atomic_path` names its temporaries `.<name>.tmp-*`; only one run of a stage writes
+    an output at a time (dvc holds a lock), so any such sibling is garbage.
+    """
+    for stale in Path(out).parent.glob(f".{Path(out).name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
 def read_manifest(directory: Path) -> dict | None:
     path = Path(directory) / MANIFEST
     if not path.is_file():
@@ -324,6 +336,7 @@ def fetch_dataset(
         print(f"{out}: up to date ({', '.join(sources)})")
         return old
 
+    remove_stale_temporaries(out)
     with atomic_path(out) as tmp:
         tmp.mkdir()
         fetched = [place(s, tmp, h, key) for s, h in zip(sources, sums)]
@@ -389,6 +402,8 @@ def fetch_model(
     if random and checkpoint_sha256 is not None:
         raise DownloadError("model.checkpoint_sha256: given, but model.checkpoint is 'random'")
     ckpt_request = None if random else _request(checkpoint, checkpoint_sha256)
+    if not _none(tokenizer) and is_url(str(tokenizer)):
+        tokenizer = str(tokenizer).rstrip("/") + "/"  # 'base' and 'base/' name the same files
     tok_request = None if _none(tokenizer) else _request(str(tokenizer), None)
     tok_files = [f"tokenizer/{f}" for f in TOKENIZER_FILES]
 
@@ -402,6 +417,7 @@ def fetch_model(
         print(f"{out}: up to date")
         return old
 
+    remove_stale_temporaries(out)
     with atomic_path(out) as tmp:
         tmp.mkdir()
         manifest: dict = {"weights": "random" if random else "pretrained", "checkpoint": None, "tokenizer": None}
@@ -428,9 +444,8 @@ def _describe(directory: Path, names: list[str]) -> dict:
 def _fetch_tokenizer(source: str, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     if is_url(source):
-        base = source if source.endswith("/") else source + "/"
         for name in TOKENIZER_FILES:
-            download_url(base + name, dest / name)
+            download_url(source.rstrip("/") + "/" + name, dest / name)
     else:
         directory = Path(source).expanduser()
         if not directory.is_dir():
@@ -443,6 +458,16 @@ def _fetch_tokenizer(source: str, dest: Path) -> None:
 
 
 # --------------------------------------------------------------------------- the stage
+
+
+def _against(workdir: Path, source):
+    """A relative local path in params means relative to the project folder (where dvc runs the stage)."""
+    if isinstance(source, list):
+        return [_against(workdir, s) for s in source]
+    if _none(source) or is_url(str(source)) or str(source).strip().lower() == "random":
+        return source
+    path = Path(str(source)).expanduser()
+    return str(path if path.is_absolute() else workdir / path)
 
 
 def run(params: dict, workdir: str | os.PathLike = ".") -> dict:
@@ -464,11 +489,16 @@ def run(params: dict, workdir: str | os.PathLike = ".") -> dict:
         raise ParamError(f"params: 'data.{name}': {exc}") from None
     try:
         data = fetch_dataset(
-            source, workdir / "data" / "raw" / name, config.get("sha256"),
+            _against(workdir, source), workdir / "data" / "raw" / name, config.get("sha256"),
             key=f"data.{name}.source", check_dataset=name, options=options,
         )
+        checkpoint = get(params, "model.checkpoint")
+        if checkpoint in OFFICIAL_CHECKPOINTS and not (workdir / checkpoint).exists():
+            checkpoint = OFFICIAL_CHECKPOINTS[checkpoint]  # an official file name stands for its URL
         model = fetch_model(
-            get(params, "model.checkpoint"), get(params, "model.tokenizer", None), workdir / "data" / "models",
+            _against(workdir, checkpoint),
+            _against(workdir, get(params, "model.tokenizer", None)),
+            workdir / "data" / "models",
             get(params, "model.checkpoint_sha256", None),
         )
     except DatasetError as exc:
