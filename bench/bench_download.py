@@ -1,7 +1,7 @@
 """Time the download stage's local paths on the real ESC-50 fold-4 copy (../shared/data/esc50-fold4).
 
 Prints seconds for: copying the folder (hard links), unpacking it from a zip, the no-op
-rerun, and reading the clip list. Run: python bench/download.py
+rerun, and reading the clip list. Run: python bench/bench_download.py
 """
 
 import os
