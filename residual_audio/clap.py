@@ -42,6 +42,8 @@ ROBERTA_BASE = dict(
 )
 VOCAB_SIZE = 50265
 SPECIAL_TOKENS = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 50264}
+# roberta-base ids of a probe sentence: catches a vocabulary without its merges.
+PROBE = ("This is a sound of dog.", [0, 713, 16, 10, 2369, 9, 2335, 4, 2])
 CONTEXT_LENGTH = 77
 PROMPT = "This is a sound of {label}."
 
@@ -259,6 +261,10 @@ def check_tokenizer(tok, source="tokenizer") -> None:
         got = tok.convert_tokens_to_ids(token)
         if got != idx:
             raise TokenizerError(f"{source}: special token {token} has id {got}, expected {idx}")
+    text, ids = PROBE
+    got = tok(text)["input_ids"]
+    if got != ids:
+        raise TokenizerError(f"{source}: {text!r} tokenizes to {got}, expected roberta-base's {ids}")
 
 
 def tokenize(tok, texts: list[str]) -> dict:

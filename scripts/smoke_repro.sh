@@ -12,7 +12,7 @@ trap 'rm -rf "$work"' EXIT
 git -C "$repo" ls-files -z | (cd "$repo" && xargs -0 cp --parents -t "$work")
 cd "$work"
 git init -q && git add -A && git -c user.name=ci -c user.email=ci@localhost commit -qm snapshot
-dvc init -q
+[ -d .dvc ] || dvc init -q
 
 shared="${RESIDUAL_AUDIO_SHARED:-$repo/../shared}"
 python - "$shared" <<'PY'

@@ -180,3 +180,11 @@ def test_tokenizer_files_are_checked(tmp_path):
     (tmp_path / "merges.txt").write_text("#version: 0.2\n")
     with pytest.raises(clap.TokenizerError, match="expected 50265"):
         clap.load_tokenizer(tmp_path)
+
+
+@pytest.mark.shared
+def test_tokenizer_without_merges_is_refused(shared_data, tmp_path):
+    (tmp_path / "vocab.json").write_bytes((shared_data / "roberta-base" / "vocab.json").read_bytes())
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    with pytest.raises(clap.TokenizerError, match="tokenizes to .* expected roberta-base"):
+        clap.load_tokenizer(tmp_path)
