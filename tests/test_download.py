@@ -439,7 +439,7 @@ def test_params_and_dvc_stage_agree():
     assert params["data"]["tinysol"]["source"] == OFFICIAL_SOURCES["tinysol"]
     assert params["data"]["vocalsound"]["source"] == OFFICIAL_SOURCES["vocalsound"][0]
     assert params["data"]["folder"]["source"] is None
-    assert params["model"]["checkpoint"] == "random" and params["model"]["tokenizer"] == TOKENIZER_BASE_URL
+    assert params["model"]["checkpoint"] == "630k-audioset-best.pt" and params["model"]["tokenizer"] == TOKENIZER_BASE_URL
 
 
 def test_dvc_repro_skips_the_fetch_when_only_limit_changes(esc_tree, tmp_path):
@@ -454,6 +454,7 @@ def test_dvc_repro_skips_the_fetch_when_only_limit_changes(esc_tree, tmp_path):
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["esc50"]["source"] = str(esc_tree)
+    params["model"]["checkpoint"] = "random"
     params["model"]["tokenizer"] = str(fake_tokenizer(tmp_path / "tok"))
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
