@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# A tiny offline end-to-end run of the pipeline in a temporary copy of the repository:
-# random weights, a handful of clips (the real ESC-50 fold-4 copy when ../shared exists,
-# otherwise a generated folder dataset), every stage that dvc.yaml declares.
+# A tiny offline end-to-end run of the pipeline in a temporary copy of the repository,
+# driven the way users drive experiments (`dvc exp run -S ...`): random weights, a handful
+# of clips (the real ESC-50 fold-4 copy when ../shared exists, otherwise a generated folder
+# dataset of tones), every stage that dvc.yaml declares, then `dvc metrics show`.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${VENV:-$repo/.venv}"
@@ -14,29 +15,23 @@ cd "$work"
 git init -q && git add -A && git -c user.name=ci -c user.email=ci@localhost commit -qm snapshot
 [ -d .dvc ] || dvc init -q
 
-shared="${RESIDUAL_AUDIO_SHARED:-$repo/../shared}"
-python - "$shared" <<'PY'
-import sys
-from pathlib import Path
-
-import yaml
-
-shared = Path(sys.argv[1]) / "data"
-params = yaml.safe_load(open("params.yaml"))
-if (shared / "esc50-fold4").is_dir():
-    params["dataset"] = "esc50"
-    params["data"]["esc50"].update(source=str(shared / "esc50-fold4"), limit=8)
-else:
-    sys.path.insert(0, "scripts")
-    from make_tone_dataset import make
-
-    params["dataset"] = "folder"
-    params["data"]["folder"].update(source=str(make(Path("tones"))), limit=8)
-params["model"]["checkpoint"] = "random"
-tokenizer = shared / "roberta-base"
-params["model"]["tokenizer"] = str(tokenizer) if tokenizer.is_dir() else None
-yaml.safe_dump(params, open("params.yaml", "w"), sort_keys=False)
-PY
-dvc repro
+shared="${RESIDUAL_AUDIO_SHARED:-$repo/../shared}/data"
+set -- -S model.checkpoint=random
+if [ -d "$shared/esc50-fold4" ]; then
+  set -- "$@" -S dataset=esc50 -S "data.esc50.source=$shared/esc50-fold4" -S data.esc50.limit=8
+else
+  python scripts/make_tone_dataset.py "$work/tones" >/dev/null
+  set -- "$@" -S dataset=folder -S "data.folder.source=$work/tones" -S data.folder.limit=8
+fi
+if [ -d "$shared/roberta-base" ]; then
+  set -- "$@" -S "model.tokenizer=$shared/roberta-base"
+else
+  set -- "$@" -S model.tokenizer=none
+fi
+if [ -f scripts/smoke_params.txt ]; then
+  while read -r override; do [ -n "$override" ] && set -- "$@" -S "$override"; done < scripts/smoke_params.txt
+fi
+git -c user.name=ci -c user.email=ci@localhost commit -qm snapshot --allow-empty
+dvc exp run "$@"
 dvc metrics show || true
 echo "smoke repro: OK"
