@@ -76,9 +76,9 @@ def unit_pca(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         evals, v = evals[::-1].clip(0), v[:, ::-1]
         keep = evals > evals.max(initial=0) * 1e-12
         comps = (xc.T @ v[:, keep]) / np.sqrt(evals[keep] * (n - 1))
-        return mu, evals[keep], comps.T
+        return mu, evals[keep].copy(), np.ascontiguousarray(comps.T)
     evals, vecs = np.linalg.eigh(xc.T @ xc / (n - 1))
-    return mu, evals[::-1].clip(0), vecs[:, ::-1].T
+    return mu, evals[::-1].clip(0), np.ascontiguousarray(vecs[:, ::-1].T)
 
 
 def fit_bases(units: np.ndarray, unit_index, unit_names, threshold: float) -> UnitBases:

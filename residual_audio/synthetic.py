@@ -38,7 +38,7 @@ def synthetic_world(
     n_folds: int = 5,
     rank: int = 6,
     signal: float = 1.0,
-    nuisance: float = 3.0,
+    nuisance: float = 20.0,
     n_signal_units: int = 8,
     n_nuisance_units: int = 4,
     seed: int = 0,
@@ -149,3 +149,23 @@ def synthetic_store(path: str | Path, **kwargs):
     arrays, attrs, text, truth = synthetic_world(**kwargs)
     write_store(path, arrays, attrs)
     return text, truth
+
+
+def in_memory_store(arrays: dict, attrs: dict, path: str = "<memory>"):
+    """The `UnitStore` that `read_units` would return for these arrays, without writing them."""
+    from .units import UnitStore
+
+    return UnitStore(
+        path=Path(path),
+        units=arrays["direct/units"],
+        const=arrays["direct/const"],
+        embedding=arrays["embedding"],
+        label=arrays["label"],
+        fold=arrays["fold"],
+        unit_names=list(attrs["units"]),
+        classes=list(attrs["classes"]),
+        weights=attrs["weights"],
+        variant=attrs["variant"],
+        audio_embed=arrays["audio_embed"],
+        attrs=dict(attrs),
+    )

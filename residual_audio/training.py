@@ -62,7 +62,7 @@ def evaluate(model, inputs: tuple, labels: torch.Tensor, batch: int = 4096) -> t
 def _check_loss(loss: torch.Tensor, epoch: int, lr: float) -> None:
     if not torch.isfinite(loss):
         raise ParamError(
-            f"params: 'train.lr' = {lr}: the training loss became {float(loss)} at epoch {epoch}; "
+            f"params: 'train.lr' = {lr}: the training loss became {loss.item()} at epoch {epoch}; "
             "lower the learning rate (nothing was written)"
         )
 
