@@ -1,0 +1,223 @@
+"""The alignment stages (text, bases, baselines, train, ablation) as functions of params.yaml.
+
+Each stage validates every parameter it uses before touching any output, computes
+everything in memory and writes its outputs atomically, so a bad value or a failure
+leaves the previous outputs exactly as they were.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import alignment as al
+from .io import atomic_path, write_json
+from .params import ParamError, check, get
+from .protocol import SCHEMES, Split, make_splits
+from .residual import BEYOND, check_mode, fit_bases, load_bases, save_bases
+from .training import TrainConfig
+from .units import UNIT_SETS, read_units
+from .zeroshot import DEFAULT_TEMPLATES, load_text_side, save_text_side
+
+HEADS_DIR, TEXT_DIR, BASES_DIR, RESULTS_DIR = Path("data/heads"), Path("data/text"), Path("data/bases"), Path("data/results")
+MODELS_DIR = Path("data/models")  # written by the download stage: checkpoint.pt, tokenizer/
+
+
+@dataclass(frozen=True)
+class AlignmentParams:
+    datasets: list
+    seed: int
+    inject_layers: list
+    scheme: str
+    k: int
+    val_fraction: float
+    mode: str
+    units: str
+    variance: float
+    beyond: str
+    train: TrainConfig
+    probe_grid: tuple
+
+    @classmethod
+    def read(cls, params: dict) -> "AlignmentParams":
+        dataset = get(params, "dataset")
+        check(isinstance(dataset, str) and dataset, "dataset", f"must be a dataset name, got {dataset!r}")
+        datasets = [dataset]
+        seed = get(params, "seed", 0)
+        check(isinstance(seed, int), "seed", f"must be an integer, got {seed!r}")
+        mode, inject = get(params, "residual.mode", "direct"), get(params, "inject_layers", [0])
+        check_mode(mode, inject)
+        scheme, k = get(params, "cv.scheme", "official"), get(params, "cv.k", 5)
+        check(scheme in SCHEMES, "cv.scheme", f"must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+        check(isinstance(k, int) and k >= 2, "cv.k", f"must be an integer >= 2, got {k!r}")
+        val = get(params, "cv.val_fraction", 0.1)
+        check(isinstance(val, (int, float)) and 0 <= val < 1, "cv.val_fraction", f"must be in [0, 1), got {val!r}")
+        units = get(params, "residual.units", "heads")
+        check(units in UNIT_SETS, "residual.units", f"must be one of {', '.join(UNIT_SETS)}, got {units!r}")
+        variance = get(params, "residual.variance", 0.95)
+        check(isinstance(variance, (int, float)) and 0 < variance <= 1, "residual.variance", f"must be in (0, 1], got {variance!r}")
+        beyond = get(params, "residual.beyond", "keep")
+        check(beyond in BEYOND, "residual.beyond", f"must be one of {', '.join(BEYOND)}, got {beyond!r}")
+        cfg = TrainConfig(
+            max_epochs=get(params, "train.max_epochs", 30), lr=get(params, "train.lr", 0.01),
+            patience=get(params, "train.patience", 5), batch_size=get(params, "train.batch_size", 64),
+            seed=seed, weight_decay=get(params, "train.weight_decay", 0.0), lr_find=bool(get(params, "train.lr_find", False)),
+        ).check()
+        grid = get(params, "probe.C", [0.1, 1.0, 10.0, 100.0])
+        check(isinstance(grid, list) and grid and all(isinstance(c, (int, float)) and c > 0 for c in grid),
+              "probe.C", f"must be a non-empty list of positive numbers, got {grid!r}")
+        return cls(datasets, seed, list(inject), scheme, k, float(val), mode, units, float(variance), beyond, cfg,
+                   tuple(float(c) for c in grid))
+
+
+def splits_for(store, p: AlignmentParams) -> list[Split]:
+    return make_splits(store.label, store.fold, p.scheme, p.k, p.seed, p.val_fraction)
+
+
+def _store(dataset: str):
+    return read_units(HEADS_DIR / f"{dataset}.zarr")
+
+
+# --------------------------------------------------------------------------- text
+
+
+def text_stage(params: dict) -> None:
+    """Class vectors, temperature and frozen audio projection per dataset → data/text/<dataset>.npz."""
+    import zarr
+
+    from .clap import load_model, load_tokenizer
+    from .io import sha256_file
+    from .zeroshot import build_text_side
+
+    datasets = [get(params, "dataset")]
+    checkpoint = str(get(params, "model.checkpoint", "random"))
+    variant = get(params, "model.variant", "tiny")
+    tokenizer = get(params, "model.tokenizer", None)
+    templates = get(params, "zeroshot.templates", list(DEFAULT_TEMPLATES))
+    if isinstance(templates, str):
+        templates = [templates]
+    check(isinstance(templates, list) and templates and all(isinstance(t, str) and "{label}" in t for t in templates),
+          "zeroshot.templates", "must be a non-empty list of strings, each with a '{label}' placeholder")
+    if tokenizer is None or not str(tokenizer).strip():
+        raise ParamError(
+            "params: 'model.tokenizer' is empty: the zero-shot class vectors need the roberta-base tokenizer "
+            f"(vocab.json + merges.txt){', with random weights too' if checkpoint.strip().lower() == 'random' else ''}"
+        )
+    random = checkpoint.strip().lower() == "random"
+    checkpoint_file = "random" if random else str(MODELS_DIR / "checkpoint.pt")
+    classes = {}
+    for ds in datasets:
+        path = HEADS_DIR / f"{ds}.zarr"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: extraction store not found")
+        classes[ds] = list(zarr.open_group(str(path), mode="r").attrs["classes"])
+    tok = load_tokenizer(MODELS_DIR / "tokenizer")
+    model = load_model(checkpoint_file, variant)
+    sha = "" if random else sha256_file(checkpoint_file)
+    sides = {ds: build_text_side(model, tok, classes[ds], templates, sha) for ds in datasets}
+    for ds, side in sides.items():
+        save_text_side(TEXT_DIR / f"{ds}.npz", side)
+
+
+# --------------------------------------------------------------------------- bases
+
+
+def bases_stage(params: dict) -> None:
+    """Per dataset and fold: unit means and PCA bases from the training folds only."""
+    p = AlignmentParams.read(params)
+    with atomic_path(BASES_DIR) as tmp:
+        for ds in p.datasets:
+            store = _store(ds)
+            (tmp / ds).mkdir(parents=True)
+            for split in tqdm(splits_for(store, p), desc=f"bases {ds}"):
+                bases = fit_bases(store.units[split.train_all], store.select(p.units), store.unit_names, p.variance)
+                save_bases(tmp / ds / f"{split.name}.npz", bases, train=split.train, val=split.val, test=split.test,
+                           weights=np.array(store.weights))
+
+
+# --------------------------------------------------------------------------- baselines / train
+
+
+def baselines_stage(params: dict) -> None:
+    """Zero-shot, linear probe and linear adapter on every fold → data/results/baselines/<dataset>.npz."""
+    p = AlignmentParams.read(params)
+    outputs = {}
+    for ds in p.datasets:
+        store = _store(ds)
+        text = load_text_side(TEXT_DIR / f"{ds}.npz", store.classes)
+        results = []
+        for split in tqdm(splits_for(store, p), desc=f"baselines {ds}"):
+            results += [al.run_zeroshot(store, split, text), al.run_probe(store, split, text, p.probe_grid, p.seed),
+                        al.run_adapter(store, split, text, p.train)]
+        outputs[ds] = (results, store, text)
+    with atomic_path(RESULTS_DIR / "baselines") as tmp:
+        tmp.mkdir()
+        for ds, (results, store, text) in outputs.items():
+            al.save_results(tmp / f"{ds}.npz", results, store.label, store.classes, _weights(store, text))
+
+
+def train_stage(params: dict) -> None:
+    """ResiDual on every fold → data/results/residual/<dataset>.npz."""
+    p = AlignmentParams.read(params)
+    if p.mode == "inject":
+        raise ParamError(
+            "params: 'residual.mode' = 'inject' needs the hooked forward pass (attn.hook_z hook points with "
+            "start-from-stage), which this version does not have yet; use residual.mode: direct"
+        )
+    outputs = {}
+    for ds in p.datasets:
+        store = _store(ds)
+        text = load_text_side(TEXT_DIR / f"{ds}.npz", store.classes)
+        results = []
+        for split in tqdm(splits_for(store, p), desc=f"residual {ds}"):
+            bases, extra = load_bases(BASES_DIR / ds / f"{split.name}.npz")
+            if not np.array_equal(extra["test"], split.test) or not np.array_equal(extra["val"], split.val):
+                raise ParamError(f"{BASES_DIR / ds / split.name}.npz: fitted on other folds than 'cv.*'/'seed' now give; rerun 'bases'")
+            if bases.unit_names != [store.unit_names[i] for i in store.select(p.units)]:
+                raise ParamError(f"{BASES_DIR / ds}: bases are for other units than 'residual.units' = {p.units!r}; rerun 'bases'")
+            results.append(al.run_residual(store, split, text, bases, p.train, p.beyond))
+        outputs[ds] = (results, store, text, bases.unit_names)
+    with atomic_path(RESULTS_DIR / "residual") as tmp:
+        tmp.mkdir()
+        for ds, (results, store, text, names) in outputs.items():
+            al.save_results(tmp / f"{ds}.npz", results, store.label, store.classes, _weights(store, text),
+                            meta={"unit_names": names, "mode": p.mode, "beyond": p.beyond, "variance": p.variance})
+
+
+def _weights(store, text) -> str:
+    """'random' if either the extraction or the text side came from random weights."""
+    return "random" if "random" in (store.weights, text.weights) else store.weights
+
+
+# --------------------------------------------------------------------------- ablation
+
+
+def ablation_stage(params: dict, geometry: str | Path = "plots/geometry/heads.csv") -> None:
+    """Mean-ablation drops per head/block → plots/ablation/<dataset>.csv, metrics/ablation.json."""
+    import pandas as pd
+
+    from .ablation import fisher_correlation, mean_ablation
+
+    p = AlignmentParams.read(params)
+    tables, metrics = {}, {}
+    geo = pd.read_csv(geometry) if Path(geometry).is_file() else None
+    for ds in p.datasets:
+        store = _store(ds)
+        text = load_text_side(TEXT_DIR / f"{ds}.npz", store.classes)
+        table = mean_ablation(store, splits_for(store, p), text)
+        tables[ds] = table
+        heads, blocks = table[table.kind == "head"], table[table.kind == "block"]
+        metrics[ds] = {
+            "weights": _weights(store, text),
+            "head_drop": {"max": float(heads["drop"].max()), "mean": float(heads["drop"].mean()),
+                          "top": heads.nlargest(5, "drop")["unit"].tolist()},
+            "block_drop": {"max": float(blocks["drop"].max()), "top": blocks.nlargest(3, "drop")["unit"].tolist()},
+            "fisher": fisher_correlation(table, geo, ds) if geo is not None else {},
+        }
+    for ds, table in tables.items():
+        with atomic_path(Path("plots/ablation") / f"{ds}.csv") as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6g")
+    write_json("metrics/ablation.json", metrics)

@@ -1,0 +1,136 @@
+"""The evaluate stage: metrics files, per-fold table, confusion matrices, learning curves,
+learned λ per unit and the method × dataset comparison, all from the stored test logits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import alignment as al
+from .io import atomic_path, write_json, write_text
+from .params import get
+from .units import parse_unit
+
+METRICS_DIR, PLOTS_DIR = Path("metrics"), Path("plots/alignment")
+
+
+def _csv(path: Path, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def collect(datasets, results_dir: Path) -> dict:
+    """{dataset: {method: (result dict, method name)}} from the baselines and residual stages."""
+    out = {}
+    for ds in datasets:
+        out[ds] = {}
+        for stage in ("baselines", "residual"):
+            res = al.load_results(results_dir / stage / f"{ds}.npz")
+            for m in res["methods"]:
+                out[ds][str(m)] = res
+    return out
+
+
+def lambda_table(res: dict) -> pd.DataFrame:
+    """Per fold and unit: component count and the λ summary (mean weighted by explained variance)."""
+    names = res["meta"]["unit_names"]
+    rows = []
+    for fold in res["folds"]:
+        lam, owner, expl = (res[f"residual/{fold}/{k}"] for k in ("lam", "owner", "explained"))
+        for u, name in enumerate(names):
+            sel = owner == u
+            w = expl[sel]
+            rows.append(dict(fold=str(fold), unit=name, **parse_unit(name), components=int(sel.sum()),
+                             lam_mean=float(np.average(lam[sel], weights=w)) if sel.any() and w.sum() > 0 else 1.0,
+                             lam_min=float(lam[sel].min()) if sel.any() else 1.0,
+                             lam_max=float(lam[sel].max()) if sel.any() else 1.0))
+    return pd.DataFrame(rows)
+
+
+def plot_lambda(table: pd.DataFrame, path: Path, title: str) -> None:
+    """One panel per stage: variance-weighted mean λ per head (rows: blocks), averaged over folds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    heads = table[table.kind == "head"].groupby(["stage", "block", "head"], as_index=False)["lam_mean"].mean()
+    stages = sorted(heads.stage.unique())
+    fig, axes = plt.subplots(1, max(len(stages), 1), figsize=(4 * max(len(stages), 1), 3.6), squeeze=False, layout="constrained")
+    lim = max(1e-6, float(np.abs(heads.lam_mean - 1).max())) if len(heads) else 1.0
+    for ax, s in zip(axes[0], stages):
+        part = heads[heads.stage == s]
+        grid = np.full((part.block.max() + 1, part["head"].max() + 1), np.nan)
+        grid[part.block, part["head"]] = part.lam_mean
+        im = ax.imshow(grid, cmap="RdBu_r", vmin=1 - lim, vmax=1 + lim, aspect="auto", interpolation="nearest")
+        ax.set(title=f"stage {s}", xlabel="head", ylabel="block", yticks=range(grid.shape[0]))
+    fig.colorbar(im, ax=axes[0].tolist(), label="mean λ (variance-weighted)")
+    fig.suptitle(title, fontsize=9)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def evaluate_stage(params: dict, results_dir: Path = Path("data/results")) -> None:
+    datasets = [get(params, "dataset")]
+    data = collect(datasets, results_dir)
+    per_method, fold_rows, learning, comparison = {}, [], [], []
+    lambda_tables = {}
+    for ds, methods in data.items():
+        for method in al.METHODS:
+            if method not in methods:
+                continue
+            res = methods[method]
+            folds = [str(f) for f in res["folds"]]
+            scores = al.fold_scores(res[f"{method}/logits"], res["labels"], res[f"{method}/fold_of"], len(folds))
+            block = al.metric_block(scores, res[f"{method}/params"], str(res["weights"]), folds)
+            per_method.setdefault(method, {})[ds] = block
+            for i, f in enumerate(folds):
+                fold_rows.append(dict(dataset=ds, method=method, fold=f, accuracy=scores["accuracy"][i],
+                                      top5=scores["top5"][i], params=int(res[f"{method}/params"][i]), weights=block["weights"]))
+            comparison.append(dict(method=method, dataset=ds, accuracy=block["accuracy"]["mean"], std=block["accuracy"]["std"],
+                                   top5=block["top5"]["mean"], params=block["params"], weights=block["weights"]))
+            learning += [dict(dataset=ds, **row) for row in res["history"] if row["method"] == method and "epoch" in row]
+        if "residual" in methods:
+            lambda_tables[ds] = lambda_table(methods["residual"])
+
+    primary = datasets[0]
+    for method, blocks in per_method.items():
+        write_json(METRICS_DIR / f"{method}.json", dict(blocks[primary], dataset=primary))
+    _csv(PLOTS_DIR / "folds.csv", pd.DataFrame(fold_rows))
+    _csv(PLOTS_DIR / "learning.csv", pd.DataFrame(learning))
+    table = pd.DataFrame(comparison)
+    old = PLOTS_DIR / "comparison.csv"  # persistent: one run per dataset fills in its own rows
+    if old.is_file():
+        previous = pd.read_csv(old)
+        table = pd.concat([previous[~previous.dataset.isin(datasets)], table], ignore_index=True)
+    table = table.sort_values(["dataset", "method"], kind="stable").reset_index(drop=True)
+    _csv(PLOTS_DIR / "comparison.csv", table)
+    write_text(METRICS_DIR / "comparison.md", comparison_markdown(table))
+    for method, res in data[primary].items():
+        classes = [str(c) for c in res["classes"]]
+        pred = np.nan_to_num(res[f"{method}/logits"], nan=-np.inf).argmax(1)
+        _csv(PLOTS_DIR / "confusion" / f"{method}.csv",
+             pd.DataFrame({"actual": [classes[i] for i in res["labels"]], "predicted": [classes[i] for i in pred]}))
+    for ds, lt in lambda_tables.items():
+        _csv(PLOTS_DIR / f"lambda_{ds}.csv", lt)
+        weights = per_method["residual"][ds]["weights"]
+        plot_lambda(lt, PLOTS_DIR / f"lambda_{ds}.png", f"ResiDual λ per head — {ds} ({weights} weights)")
+
+
+def comparison_markdown(table: pd.DataFrame) -> str:
+    """Method × dataset: top-1 accuracy mean ± std over folds, with trainable parameter counts."""
+    if table.empty:
+        return "no results\n"
+    cells = table.assign(cell=[f"{a:.3f} ± {s:.3f}" for a, s in zip(table.accuracy, table["std"])])
+    wide = cells.pivot(index="method", columns="dataset", values="cell")
+    params = table.groupby("method")["params"].max()
+    weights = sorted(set(table.weights))
+    lines = [f"Top-1 accuracy, mean ± std over folds (weights: {', '.join(weights)})", "",
+             "| method | " + " | ".join(wide.columns) + " | trainable params |",
+             "| --- | " + " | ".join("---" for _ in wide.columns) + " | --- |"]
+    order = [m for m in al.METHODS if m in wide.index]
+    lines += [f"| {m} | " + " | ".join(str(wide.loc[m, c]) for c in wide.columns) + f" | {params[m]:,} |" for m in order]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,235 @@
+"""ResiDual: reweighting the principal components of residual units (Basile et al., 2025).
+
+For a unit with mean μ and orthonormal PCA components Φ (rows), ResiDual maps its
+contribution x to RD(x) = Φᵀ diag(λ) Φ (x − μ) + μ. It is computed here as the
+correction x + Φᵀ diag(λ − 1) Φ (x − μ) to the exact contribution, so that λ = 1 leaves
+every number untouched in floating point and the untrained model *is* the zero-shot
+model. Components past the explained-variance threshold are either kept unchanged
+(`beyond: keep`, λ fixed at 1) or dropped (`beyond: drop`, λ fixed at 0).
+
+Direct mode works on the stored direct contributions: the corrected embedding is
+e + Σᵤ Φᵤᵀ diag(λᵤ − 1) cᵤ with cᵤ = Φᵤ (xᵤ − μᵤ). Since the first layer of the audio
+projection is linear, the per-component directions are mapped through it once per fold
+(Ψ = Φ W₁ᵀ, [J, 512]), and each step costs one [n, J] × [J, 512] product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .io import atomic_path
+from .params import ParamError
+from .zeroshot import FrozenHead
+
+MODES = ("direct", "inject")
+BEYOND = ("keep", "drop")
+
+
+@dataclass
+class UnitBases:
+    """PCA bases of the chosen units, fitted on the training folds of one fold."""
+
+    unit_names: list[str]  # the reweighted units, in store order
+    unit_index: np.ndarray  # [U] their indices in the store
+    means: np.ndarray  # [U, D]
+    components: np.ndarray  # [J, D] kept components of all units, unit after unit (rows orthonormal per unit)
+    owner: np.ndarray  # [J] which unit (0..U-1) each component belongs to
+    explained: np.ndarray  # [J] explained-variance ratio of each component within its unit
+    threshold: float
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.bincount(self.owner, minlength=len(self.unit_names))
+
+    def unit_slices(self) -> list[slice]:
+        ends = np.cumsum(self.counts)
+        return [slice(int(e - c), int(e)) for e, c in zip(ends, self.counts)]
+
+
+def n_components(eigenvalues: np.ndarray, threshold: float) -> int:
+    """Fewest leading components whose explained variance reaches `threshold` (eigenvalues descending)."""
+    total = float(eigenvalues.sum())
+    positive = int((eigenvalues > max(total, 0.0) * 1e-10).sum())
+    if total <= 0 or positive == 0:
+        return 0
+    ratio = np.cumsum(eigenvalues) / total
+    return int(min(np.searchsorted(ratio, threshold - 1e-9) + 1, positive))
+
+
+def unit_pca(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean [D], eigenvalues descending [r], components [r, D]) of one unit's training clips.
+
+    float64 throughout; with fewer clips than dimensions the n×n Gram matrix is decomposed
+    instead of the D×D covariance (same nonzero spectrum, much cheaper).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n, d = x.shape
+    mu = x.mean(0)
+    xc = x - mu
+    if n < d:
+        evals, v = np.linalg.eigh(xc @ xc.T / (n - 1))
+        evals, v = evals[::-1].clip(0), v[:, ::-1]
+        keep = evals > evals.max(initial=0) * 1e-12
+        comps = (xc.T @ v[:, keep]) / np.sqrt(evals[keep] * (n - 1))
+        return mu, evals[keep].copy(), np.ascontiguousarray(comps.T)
+    evals, vecs = np.linalg.eigh(xc.T @ xc / (n - 1))
+    return mu, evals[::-1].clip(0), np.ascontiguousarray(vecs[:, ::-1].T)
+
+
+def fit_bases(units: np.ndarray, unit_index, unit_names, threshold: float) -> UnitBases:
+    """Per-unit mean and PCA on training clips only; `units` is [n_train, U_all, D],
+    `unit_index` picks the units to fit."""
+    from tqdm import tqdm
+
+    if not 0 < threshold <= 1:
+        raise ParamError(f"params: 'residual.variance' must be in (0, 1], got {threshold!r}")
+    unit_index = np.asarray(unit_index, dtype=np.int64)
+    n, _, d = units.shape
+    if n < 2:
+        raise ParamError(f"params: 'cv.scheme': a fold leaves only {n} training clip(s) to fit bases on")
+    means, comps, owner, explained = [], [], [], []
+    for j, u in enumerate(tqdm(unit_index, desc="bases", leave=False)):
+        mu, ev, phi = unit_pca(units[:, u, :])
+        k = n_components(ev, threshold)
+        phi = phi[:k]
+        # a fixed sign per component, so bases are reproducible across LAPACK builds
+        signs = np.sign(phi[np.arange(k), np.abs(phi).argmax(1)]) if k else np.ones(0)
+        comps.append((phi * signs[:, None]).astype(np.float32))
+        owner.append(np.full(k, j, dtype=np.int64))
+        explained.append((ev[:k] / max(ev.sum(), 1e-300)).astype(np.float32))
+        means.append(mu.astype(np.float32))
+    return UnitBases(
+        unit_names=[unit_names[i] for i in unit_index],
+        unit_index=unit_index,
+        means=np.stack(means) if means else np.zeros((0, d), np.float32),
+        components=np.concatenate(comps) if comps else np.zeros((0, d), np.float32),
+        owner=np.concatenate(owner) if owner else np.zeros(0, np.int64),
+        explained=np.concatenate(explained) if explained else np.zeros(0, np.float32),
+        threshold=float(threshold),
+    )
+
+
+def save_bases(path: str | Path, bases: UnitBases, **extra) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                unit_names=np.array(bases.unit_names),
+                unit_index=bases.unit_index,
+                means=bases.means,
+                components=bases.components,
+                owner=bases.owner,
+                explained=bases.explained,
+                threshold=np.float64(bases.threshold),
+                **extra,
+            )
+
+
+def load_bases(path: str | Path) -> tuple[UnitBases, dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: bases not found (run the 'bases' stage)")
+    with np.load(path) as z:
+        bases = UnitBases(
+            unit_names=[str(s) for s in z["unit_names"]],
+            unit_index=z["unit_index"],
+            means=z["means"],
+            components=z["components"],
+            owner=z["owner"],
+            explained=z["explained"],
+            threshold=float(z["threshold"]),
+        )
+        extra = {k: z[k] for k in z.files if k not in {"unit_names", "unit_index", "means", "components", "owner", "explained", "threshold"}}
+    return bases, extra
+
+
+def rd(x: torch.Tensor, components: torch.Tensor, mean: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """RD(x) = x + Φᵀ diag(λ − 1) Φ (x − μ) for one unit; x [..., D], Φ [k, D], λ [k]."""
+    coef = (x - mean) @ components.T
+    return x + (coef * (lam - 1)) @ components
+
+
+def coefficients(units: np.ndarray, bases: UnitBases) -> np.ndarray:
+    """c[n, j] = Φⱼ (x_{u(j)} − μ_{u(j)}) for every kept component; units [n, U_all, D] → [n, J]."""
+    n = units.shape[0]
+    out = np.empty((n, len(bases.owner)), dtype=np.float32)
+    for u, sl in enumerate(bases.unit_slices()):
+        if sl.stop > sl.start:
+            out[:, sl] = (units[:, bases.unit_index[u], :] - bases.means[u]) @ bases.components[sl].T
+    return out
+
+
+def dropped_part(units: np.ndarray, bases: UnitBases) -> np.ndarray:
+    """Σᵤ of the part of (xᵤ − μᵤ) outside the kept components: what `beyond: drop` removes."""
+    total = np.zeros((units.shape[0], units.shape[2]), dtype=np.float64)
+    for u, sl in enumerate(bases.unit_slices()):
+        xc = units[:, bases.unit_index[u], :] - bases.means[u]
+        phi = bases.components[sl]
+        total += xc - (xc @ phi.T) @ phi
+    return total.astype(np.float32)
+
+
+class DirectResiDual(nn.Module):
+    """ResiDual on stored direct contributions, ending in the frozen zero-shot head.
+
+    Inputs are precomputed once per fold (see `features`): the first-layer pre-activation
+    of the exact embedding and the PCA coefficients. Only λ is trainable.
+    """
+
+    def __init__(self, head: FrozenHead, bases: UnitBases):
+        super().__init__()
+        self.head = head.requires_grad_(False)
+        self.lam = nn.Parameter(torch.ones(len(bases.owner)))
+        comps = torch.from_numpy(bases.components)
+        self.register_buffer("components", comps)
+        self.register_buffer("psi", comps @ head.w1.T)  # [J, 512]
+        self.bases = bases
+
+    def features(self, units: np.ndarray, embedding: np.ndarray, beyond: str = "keep"):
+        """(pre-activation of the exact embedding [n, 512], coefficients [n, J]) for these clips."""
+        if beyond not in BEYOND:
+            raise ParamError(f"params: 'residual.beyond' must be one of {', '.join(BEYOND)}, got {beyond!r}")
+        emb = np.asarray(embedding, dtype=np.float32)
+        if beyond == "drop":
+            emb = emb - dropped_part(units, self.bases)
+        with torch.no_grad():
+            pre = self.head.pre(torch.from_numpy(emb))
+        return pre, torch.from_numpy(coefficients(units, self.bases))
+
+    def corrected_embedding(self, embedding: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        """e + Σⱼ (λⱼ − 1) cⱼ Φⱼ in the 768-d embedding space (for inspection and checks)."""
+        return embedding + (coef * (self.lam - 1)) @ self.components
+
+    def forward(self, pre: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        return self.head(pre + (coef * (self.lam - 1)) @ self.psi)
+
+
+class LinearAdapter(nn.Module):
+    """A d×d map on the normalised audio embedding (identity at start), then the frozen classifier."""
+
+    def __init__(self, head: FrozenHead, dim: int = 512):
+        super().__init__()
+        self.head = head.requires_grad_(False)
+        self.weight = nn.Parameter(torch.eye(dim))
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.head.logits_from_audio(torch.nn.functional.normalize(audio @ self.weight.T, dim=-1))
+
+
+def check_mode(mode: str, inject_layers, n_stages: int = 4) -> None:
+    """Validate `residual.mode` and the top-level `inject_layers` (checked in either mode,
+    so a bad value is caught before it silently matters)."""
+    if mode not in MODES:
+        raise ParamError(f"params: 'residual.mode' must be one of {', '.join(MODES)}, got {mode!r}")
+    if not isinstance(inject_layers, (list, tuple)) or not inject_layers:
+        raise ParamError(f"params: 'inject_layers' must be a non-empty list of stage indices, got {inject_layers!r}")
+    for s in inject_layers:
+        if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < n_stages:
+            raise ParamError(f"params: 'inject_layers' entries must be stage indices 0..{n_stages - 1}, got {s!r}")
+    if len(set(inject_layers)) != len(inject_layers):
+        raise ParamError(f"params: 'inject_layers' has repeated stages: {inject_layers!r}")

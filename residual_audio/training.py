@@ -1,0 +1,159 @@
+"""Training loop shared by ResiDual and the linear adapter.
+
+Cross-entropy on the scaled logits, schedule-free AdamW, at most `train.max_epochs`
+epochs, early stopping (patience on validation loss) with the best weights restored.
+Schedule-free AdamW evaluates at averaged weights: `optimizer.eval()` swaps them in
+before every validation pass and at the end, `optimizer.train()` swaps them back out.
+Epoch 0 is the untrained model, so `max_epochs: 0` returns it exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from schedulefree import AdamWScheduleFree
+from tqdm import tqdm
+
+from .params import ParamError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_epochs: int = 30
+    lr: float = 1e-2
+    patience: int = 5
+    batch_size: int = 64
+    seed: int = 0
+    weight_decay: float = 0.0
+    lr_find: bool = False
+
+    def check(self) -> "TrainConfig":
+        if not isinstance(self.max_epochs, int) or not 0 <= self.max_epochs <= 30:
+            raise ParamError(f"params: 'train.max_epochs' must be an integer in 0..30, got {self.max_epochs!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ParamError(f"params: 'train.lr' must be a positive number, got {self.lr!r}")
+        if not isinstance(self.patience, int) or self.patience < 1:
+            raise ParamError(f"params: 'train.patience' must be a positive integer, got {self.patience!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ParamError(f"params: 'train.batch_size' must be a positive integer, got {self.batch_size!r}")
+        return self
+
+
+def trainable_count(model: torch.nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
+@torch.no_grad()
+def evaluate(model, inputs: tuple, labels: torch.Tensor, batch: int = 4096) -> tuple[float, float, torch.Tensor]:
+    """(mean cross-entropy, accuracy, logits) over all clips."""
+    n = len(labels)
+    if n == 0:
+        return float("nan"), float("nan"), torch.zeros(0)
+    logits = torch.cat([model(*(x[i : i + batch] for x in inputs)) for i in range(0, n, batch)])
+    loss = float(F.cross_entropy(logits, labels))
+    return loss, float((logits.argmax(1) == labels).float().mean()), logits
+
+
+def _check_loss(loss: torch.Tensor, epoch: int, lr: float) -> None:
+    if not torch.isfinite(loss):
+        raise ParamError(
+            f"params: 'train.lr' = {lr}: the training loss became {loss.item()} at epoch {epoch}; "
+            "lower the learning rate (nothing was written)"
+        )
+
+
+def _optimizer(model, cfg: TrainConfig, lr: float, steps_per_epoch: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    return AdamWScheduleFree(params, lr=lr, weight_decay=cfg.weight_decay, warmup_steps=steps_per_epoch)
+
+
+def lr_range_test(model, inputs: tuple, labels: torch.Tensor, cfg: TrainConfig, lo=1e-4, hi=1.0, steps=60) -> float:
+    """Leslie Smith's range test on a copy of the model: a tenth of the lr at the loss minimum.
+
+    The learning rate grows geometrically from `lo` to `hi` over `steps` mini-batches
+    (plain AdamW), stopping early once the loss diverges.
+    """
+    model = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(cfg.seed + 7919)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lo)
+    lrs = np.geomspace(lo, hi, steps)
+    losses = []
+    n = len(labels)
+    for lr in lrs:
+        for group in opt.param_groups:
+            group["lr"] = float(lr)
+        idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
+        loss = F.cross_entropy(model(*(x[idx] for x in inputs)), labels[idx])
+        if not torch.isfinite(loss) or (losses and loss.item() > 4 * min(losses)):
+            break
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if not losses:
+        return float(lo)
+    smooth = np.convolve(losses, np.ones(3) / 3, mode="same") if len(losses) >= 3 else np.asarray(losses)
+    return float(lrs[int(np.argmin(smooth))]) / 10
+
+
+def train(model, train_inputs: tuple, train_labels, val_inputs: tuple, val_labels, cfg: TrainConfig, desc="train"):
+    """Fit the trainable parameters; returns (history rows, chosen lr). The model ends at its best epoch."""
+    cfg.check()
+    model.eval()  # the frozen parts never switch to training behaviour
+    train_labels = torch.as_tensor(train_labels, dtype=torch.long)
+    val_labels = torch.as_tensor(val_labels, dtype=torch.long)
+    n = len(train_labels)
+    steps = max(1, math.ceil(n / cfg.batch_size))
+    lr = lr_range_test(model, train_inputs, train_labels, cfg) if cfg.lr_find and cfg.max_epochs else float(cfg.lr)
+    opt = _optimizer(model, cfg, lr, steps)
+    has_val = len(val_labels) > 0
+    opt.eval()
+    val_loss, val_acc, _ = evaluate(model, val_inputs, val_labels) if has_val else (float("nan"),) * 2 + (None,)
+    train_loss, train_acc, _ = evaluate(model, train_inputs, train_labels)
+    history = [dict(epoch=0, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc, lr=lr)]
+    best = (val_loss, copy.deepcopy(model.state_dict()))
+    bad = 0
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for epoch in tqdm(range(1, cfg.max_epochs + 1), desc=desc, leave=False, disable=cfg.max_epochs == 0):
+        opt.train()
+        total = 0.0
+        for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):
+            loss = F.cross_entropy(model(*(x[idx] for x in train_inputs)), train_labels[idx])
+            _check_loss(loss, epoch, lr)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        opt.eval()
+        row = dict(epoch=epoch, train_loss=total / n, train_acc=float("nan"), lr=lr)
+        if has_val:
+            row["val_loss"], row["val_acc"], _ = evaluate(model, val_inputs, val_labels)
+            _check_loss(torch.tensor(row["val_loss"]), epoch, lr)
+        else:
+            row["val_loss"], row["val_acc"] = float("nan"), float("nan")
+        history.append(row)
+        if not has_val:
+            best = (float("nan"), copy.deepcopy(model.state_dict()))
+            continue
+        if row["val_loss"] < best[0]:
+            best, bad = (row["val_loss"], copy.deepcopy(model.state_dict())), 0
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    model.load_state_dict(best[1])
+    for i, row in enumerate(history):
+        row["best"] = bool(has_val and row["val_loss"] == best[0] and i == _first_best(history, best[0]))
+    return history, lr
+
+
+def _first_best(history, value) -> int:
+    for i, row in enumerate(history):
+        if row["val_loss"] == value:
+            return i
+    return -1

@@ -1,0 +1,119 @@
+"""The direct-contribution units of an extraction store, read once for alignment.
+
+`data/heads/<dataset>.zarr` stores, per clip, the direct contribution of every residual
+unit (patch embedding, each attention head, each MLP) to LAION's pooled 768-d embedding,
+plus a constant, such that ``units.sum(1) + const == embedding``. Zero-shot evaluation,
+head ablation and ResiDual's direct mode all work on these tensors without a model forward.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HEAD_RE = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.attn\.head(\d+)$")
+MLP_RE = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.mlp$")
+UNIT_SETS = ("heads", "heads+mlp")
+
+
+class StoreError(ValueError):
+    """The extraction store is missing, incomplete or inconsistent; the message names the file."""
+
+
+@dataclass
+class UnitStore:
+    """Everything alignment needs from one extraction store, as numpy arrays."""
+
+    path: Path
+    units: np.ndarray  # [N, U, 768] float32
+    const: np.ndarray  # [N, 768]
+    embedding: np.ndarray  # [N, 768]
+    label: np.ndarray  # [N] int64
+    fold: np.ndarray  # [N] int64
+    unit_names: list[str]
+    classes: list[str]
+    weights: str
+    variant: str = "tiny"
+    checkpoint_sha256: str = ""
+    audio_embed: np.ndarray | None = None
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.label)
+
+    def select(self, which: str) -> np.ndarray:
+        """Indices of the units ResiDual reweights: 'heads' or 'heads+mlp'."""
+        if which not in UNIT_SETS:
+            raise StoreError(f"unknown unit set '{which}' (known: {', '.join(UNIT_SETS)})")
+        keep = [i for i, name in enumerate(self.unit_names) if HEAD_RE.match(name)]
+        if which == "heads+mlp":
+            keep += [i for i, name in enumerate(self.unit_names) if MLP_RE.match(name)]
+        return np.array(sorted(keep), dtype=np.int64)
+
+
+def parse_unit(name: str) -> dict:
+    """{'kind', 'stage', 'block', 'head'} of a unit name (-1 where it does not apply)."""
+    if m := HEAD_RE.match(name):
+        return dict(kind="head", stage=int(m[1]), block=int(m[2]), head=int(m[3]))
+    if m := MLP_RE.match(name):
+        return dict(kind="mlp", stage=int(m[1]), block=int(m[2]), head=-1)
+    return dict(kind=name, stage=-1, block=-1, head=-1)
+
+
+def read_units(path: str | Path, check_sum: bool = True, atol: float = 1e-4) -> UnitStore:
+    """Read the arrays and attributes alignment needs; check the exact-sum contract."""
+    import zarr
+
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"{path}: extraction store not found")
+    try:
+        g = zarr.open_group(str(path), mode="r")
+    except Exception as exc:  # zarr raises several types for a non-store
+        raise StoreError(f"{path}: not a readable zarr store ({exc})") from None
+    for name in ("embedding", "direct/units", "direct/const", "label", "fold"):
+        if name not in g:
+            raise StoreError(f"{path}: missing array '{name}'")
+    attrs = dict(g.attrs)
+    for key in ("units", "classes", "weights"):
+        if key not in attrs:
+            raise StoreError(f"{path}: missing attribute '{key}'")
+    units = np.asarray(g["direct/units"][:], dtype=np.float32)
+    const = np.asarray(g["direct/const"][:], dtype=np.float32)
+    embedding = np.asarray(g["embedding"][:], dtype=np.float32)
+    label = np.asarray(g["label"][:], dtype=np.int64)
+    fold = np.asarray(g["fold"][:], dtype=np.int64)
+    names = list(attrs["units"])
+    n = len(label)
+    if units.ndim != 3 or units.shape[0] != n or units.shape[1] != len(names):
+        raise StoreError(f"{path}: direct/units has shape {units.shape}; expected [{n}, {len(names)}, D]")
+    if embedding.shape != (n, units.shape[2]) or const.shape != embedding.shape or fold.shape != (n,):
+        raise StoreError(f"{path}: embedding/direct/const/fold shapes do not match direct/units")
+    if check_sum:
+        err = np.abs(units.sum(1, dtype=np.float64) + const - embedding).max() if n else 0.0
+        scale = max(1.0, float(np.abs(embedding).max())) if n else 1.0
+        if not err <= atol * scale:
+            raise StoreError(f"{path}: direct/units.sum(1) + direct/const differs from embedding by {err:.3g}")
+    classes = list(attrs["classes"])
+    if n and (label.min() < 0 or label.max() >= len(classes)):
+        raise StoreError(f"{path}: labels outside 0..{len(classes) - 1} (attribute 'classes')")
+    audio_embed = np.asarray(g["audio_embed"][:], dtype=np.float32) if "audio_embed" in g else None
+    return UnitStore(
+        path=path,
+        units=units,
+        const=const,
+        embedding=embedding,
+        label=label,
+        fold=fold,
+        unit_names=names,
+        classes=classes,
+        weights=str(attrs["weights"]),
+        variant=str(attrs.get("variant", "tiny")),
+        checkpoint_sha256=str(attrs.get("checkpoint_sha256", "")),
+        audio_embed=audio_embed,
+        attrs=attrs,
+    )
