@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 import zarr
 from scipy import stats
 from scipy.cluster.hierarchy import leaves_list, linkage
@@ -135,19 +136,20 @@ def open_store(path: str | Path) -> HeadStore:
 
 def fisher_scores(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """tr(S_B) / tr(S_W) of each head [H, N, d]: between-class over within-class scatter."""
-    x = np.asarray(x, dtype=np.float64)
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
     classes, index = np.unique(labels, return_inverse=True)
     if len(classes) < 2:
         raise ValueError("the Fisher score needs at least 2 classes")
-    onehot = np.eye(len(classes))[index]  # [N, C]
+    onehot = torch.as_tensor(np.eye(len(classes))[index])  # [N, C]
     counts = onehot.sum(0)
-    class_means = np.einsum("nc,hnd->hcd", onehot, x) / counts[None, :, None]
-    grand = x.mean(axis=1, keepdims=True)
-    between = (counts[None, :] * ((class_means - grand) ** 2).sum(-1)).sum(-1)
-    within = ((x - class_means[:, index]) ** 2).sum((1, 2))
-    if np.any(within <= 0):
+    xc = x - x.mean(dim=1, keepdim=True)
+    class_sums = onehot.T @ xc  # [H, C, d], centred
+    between = ((class_sums**2).sum(-1) / counts).sum(-1)  # Σ_c n_c |μ_c − μ|²
+    total = (xc * xc).sum((1, 2))
+    within = total - between  # total scatter = between + within
+    if torch.any(within <= 1e-12 * total):
         raise ValueError("zero within-class scatter: every class collapses to one point")
-    return between / within
+    return (between / within).numpy()
 
 
 def class_mean_norms(x: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:

@@ -18,6 +18,7 @@ the estimate uses the remaining distinct points.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ DEFAULT_THRESHOLDS = (0.90, 0.95, 0.99)
 LINEAR_METRICS = ("pca90", "pca95", "pca99", "evr1", "pr", "effrank")
 # Distance matrices of one batch of heads are kept under this many bytes.
 DEFAULT_MEMORY_BYTES = 256 * 2**20
+# Principal components with less than this fraction of the variance are numerically zero.
+RANK_RTOL = 1e-10
 
 
 class DuplicatePointsWarning(UserWarning):
@@ -44,6 +47,19 @@ def _as_batch(X) -> tuple[torch.Tensor, bool]:
     if not torch.isfinite(t).all():
         raise ValueError("points contain NaN or inf")
     return (t.unsqueeze(0), True) if t.ndim == 2 else (t, False)
+
+
+@contextlib.contextmanager
+def _single_thread():
+    """Batched eigensolvers of small matrices loop over the batch and gain nothing from
+    more BLAS threads, while their thread synchronisation slows them down many-fold on a
+    busy machine; run them on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _unbatch(values: np.ndarray, single: bool):
@@ -68,11 +84,33 @@ def eigenspectrum(X) -> np.ndarray:
         gram = xc.transpose(1, 2) @ xc
     else:
         gram = xc @ xc.transpose(1, 2)
-    lam = torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0.0) / (n - 1)
+    with _single_thread():
+        lam = torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0.0) / (n - 1)
     lam = lam[:, :d].numpy()
     if lam.shape[1] < d:  # Gram route: pad the structurally zero eigenvalues
         lam = np.pad(lam, ((0, 0), (0, d - lam.shape[1])))
     return lam[0] if single else lam
+
+
+def _spectrum_and_coordinates(x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """Eigenspectrum [H, d] and the centred points in principal coordinates [H, N, r].
+
+    Pairwise distances are invariant under the rotation, and components carrying less than
+    RANK_RTOL of the variance (e.g. float32 rounding around a rank-24 post-projection
+    cloud in 768 dims) change them by a relative ~1e-5 at most; dropping them makes the
+    neighbour search cost N²·r instead of N²·d.
+    """
+    _, n, d = x.shape
+    xc = x - x.mean(dim=1, keepdim=True)
+    if d > n:
+        return eigenspectrum(x), xc
+    cov = xc.transpose(1, 2) @ xc
+    with _single_thread():
+        lam, vec = torch.linalg.eigh(cov)
+    lam, vec = lam.flip(-1).clamp_min(0.0) / (n - 1), vec.flip(-1)
+    rank = int((lam > RANK_RTOL * lam.sum(-1, keepdim=True)).sum(-1).max().clamp_min(1))
+    coords = xc @ vec[:, :, :rank] if rank < d else xc
+    return lam.numpy(), coords
 
 
 def _normalised(eigenvalues: np.ndarray) -> np.ndarray:
@@ -143,12 +181,32 @@ class Neighbours:
         return self.kept.sum(axis=1)
 
 
-def _squared_distances(xc: torch.Tensor, rows: slice) -> torch.Tensor:
-    """||x_i - x_j||² for rows i in `rows` and all j, via the Gram identity (float64)."""
-    sq = (xc * xc).sum(-1)
-    block = xc[:, rows]
-    d2 = sq[:, rows, None] + sq[:, None, :] - 2.0 * (block @ xc.transpose(1, 2))
-    return d2.clamp_min_(0.0)
+def _knn_block(xb: torch.Tensor, sq: torch.Tensor, rows: slice, k: int, exclude=None) -> torch.Tensor:
+    """k smallest squared distances [h, b, k] from the points `rows` to all other points.
+
+    Rows are ranked by ||x_j||² − 2<x_i, x_j> (the distance minus the row constant ||x_i||²),
+    so only one N-wide temporary is built; ||x_i||² is added to the k selected values only.
+    """
+    score = torch.bmm(xb[:, rows], xb.transpose(1, 2))
+    score.mul_(-2.0).add_(sq[:, None, :])
+    own = torch.arange(rows.start, rows.stop)
+    score[:, torch.arange(len(own)), own] = math.inf
+    if exclude is not None:
+        score.masked_fill_(exclude[:, None, :], math.inf)
+    values = torch.topk(score, k, dim=-1, largest=False, sorted=True).values
+    return values.add_(sq[:, rows, None]).clamp_min_(0.0)
+
+
+def _has_close_earlier_point(xb, sq, candidates: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """For (head, point) pairs whose nearest neighbour is within `threshold`: is some
+    *earlier* point that close? (Keeps the first of a group of duplicates.)"""
+    dup = torch.zeros(xb.shape[:2], dtype=torch.bool)
+    for head in torch.unique(candidates[:, 0]).tolist():
+        rows = candidates[candidates[:, 0] == head, 1]
+        d2 = sq[head, rows, None] + sq[head, None, :] - 2.0 * (xb[head, rows] @ xb[head].T)
+        earlier = torch.arange(xb.shape[1])[None, :] < rows[:, None]
+        dup[head, rows] = ((d2 <= threshold[head]) & earlier).any(-1)
+    return dup
 
 
 def nearest_neighbours(
@@ -169,38 +227,25 @@ def nearest_neighbours(
     if k < 1 or k >= n:
         raise ValueError(f"k={k} neighbours need 1 <= k < N={n}")
     xc = x - x.mean(dim=1, keepdim=True)
-    scale2 = (xc * xc).sum(-1).mean(-1)  # [H] mean squared distance to the mean
-    threshold = (duplicate_rtol**2) * scale2
-    heads_per_batch = max(1, int(memory_bytes // (8 * n * n * 2)))
-    rows_per_block = n if heads_per_batch > 1 else max(1, int(memory_bytes // (8 * n * 2)))
-    heads_per_batch = min(heads_per_batch, h)
+    sq_all = (xc * xc).sum(-1)  # [H, N]
+    threshold = (duplicate_rtol**2) * sq_all.mean(-1)  # [H], squared
+    heads_per_batch = min(h, max(1, int(memory_bytes // (8 * n * n))))
+    rows_per_block = n if heads_per_batch > 1 else max(1, int(memory_bytes // (8 * n)))
 
     distances = np.full((h, n, k), np.nan)
     kept = np.ones((h, n), dtype=bool)
     for h0 in range(0, h, heads_per_batch):
-        xb = xc[h0 : h0 + heads_per_batch]
-        thr = threshold[h0 : h0 + heads_per_batch, None, None]
+        xb, sq = xc[h0 : h0 + heads_per_batch], sq_all[h0 : h0 + heads_per_batch]
+        thr = threshold[h0 : h0 + heads_per_batch]
+        blocks = [slice(r0, min(n, r0 + rows_per_block)) for r0 in range(0, n, rows_per_block)]
+        d2 = torch.cat([_knn_block(xb, sq, rows, k) for rows in blocks], dim=1)
         dup = torch.zeros(xb.shape[:2], dtype=torch.bool)
-        # pass 1: flag duplicates (a close *earlier* point) and keep the tentative k-NN
-        found = []
-        for r0 in range(0, n, rows_per_block):
-            rows = slice(r0, min(n, r0 + rows_per_block))
-            d2 = _squared_distances(xb, rows)
-            ii = torch.arange(rows.start, rows.stop)[:, None]
-            earlier = torch.arange(n)[None, :] < ii
-            dup[:, rows] = ((d2 <= thr) & earlier).any(-1)
-            d2[:, torch.arange(rows.stop - rows.start), ii[:, 0]] = math.inf
-            found.append(torch.topk(d2, k, dim=-1, largest=False, sorted=True).values)
-        if dup.any():  # pass 2: search among distinct points only
-            found = []
-            for r0 in range(0, n, rows_per_block):
-                rows = slice(r0, min(n, r0 + rows_per_block))
-                d2 = _squared_distances(xb, rows)
-                ii = torch.arange(rows.start, rows.stop)
-                d2[:, torch.arange(len(ii)), ii] = math.inf
-                d2.masked_fill_(dup[:, None, :], math.inf)
-                found.append(torch.topk(d2, k, dim=-1, largest=False, sorted=True).values)
-        dist = torch.cat(found, dim=1).sqrt_()
+        candidates = torch.nonzero(d2[:, :, 0] <= thr[:, None])
+        if len(candidates):
+            dup = _has_close_earlier_point(xb, sq, candidates, thr)
+        if dup.any():  # search again among distinct points only
+            d2 = torch.cat([_knn_block(xb, sq, rows, k, exclude=dup) for rows in blocks], dim=1)
+        dist = d2.sqrt_()
         dist[dup] = math.nan
         distances[h0 : h0 + len(xb)] = dist.numpy()
         kept[h0 : h0 + len(xb)] = ~dup.numpy()
@@ -298,9 +343,9 @@ def estimate(
     n_duplicates; and 'eigenvalues' [H, d].
     """
     x, single = _as_batch(X)
-    lam = eigenspectrum(x)
+    lam, coords = _spectrum_and_coordinates(x)
     out = linear_dimensions(lam, thresholds)
-    nn = nearest_neighbours(x, max(2, mle_k), duplicate_rtol, memory_bytes)
+    nn = nearest_neighbours(coords, max(2, mle_k), duplicate_rtol, memory_bytes)
     out["twonn"] = twonn_from_neighbours(nn, twonn_discard, "linear")
     out["twonn_mle"] = twonn_from_neighbours(nn, twonn_discard, "mle")
     out["mle"] = mle_from_neighbours(nn, mle_k)
