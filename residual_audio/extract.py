@@ -297,6 +297,11 @@ def run(params: dict, workdir: str | os.PathLike = ".") -> Path:
     batch_size = get(params, "extract.batch_size")
     device = get(params, "extract.device", "auto")
     regimes = check_regimes(get(params, "extract.regimes", list(REGIMES)))
+    check(isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0,
+          "extract.batch_size", f"must be a positive integer, got {batch_size!r}")
+    resolve_device(device)
+    mel_path = workdir / f"data/mel/{dataset}.zarr"
+    open_mel_store(mel_path)  # fail before the model is built
     checkpoint = resolve_checkpoint(get(params, "model.checkpoint"), workdir / "data/models")
     variant = get(params, "model.variant", None)
     if checkpoint == "random":
@@ -305,5 +310,5 @@ def run(params: dict, workdir: str | os.PathLike = ".") -> Path:
         model, sha = load_model(checkpoint, variant=variant), sha256_file(checkpoint)
     used = {"extract": {"batch_size": batch_size, "device": device, "regimes": regimes},
             "model": {"checkpoint": str(get(params, "model.checkpoint")), "variant": variant}}
-    return extract(model, workdir / f"data/mel/{dataset}.zarr", workdir / f"data/heads/{dataset}.zarr",
+    return extract(model, mel_path, workdir / f"data/heads/{dataset}.zarr",
                    batch_size=batch_size, device=device, regimes=regimes, checkpoint_sha256=sha, params=used)

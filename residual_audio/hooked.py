@@ -28,7 +28,8 @@ name                                      shape                        meaning
 ========================================  ===========================  =========================
 
 A hook is ``fn(tensor, name)``; when it returns a tensor, that tensor replaces the value
-and everything downstream is recomputed from it. Replacing a ``*_scale`` hook freezes
+and everything downstream is recomputed from it (return a new tensor rather than editing
+the given one in place: ``attn.hook_result`` is only summed back when it is replaced). Replacing a ``*_scale`` hook freezes
 that LayerNorm's statistics. Tokens are in row-major image order (the order LAION's
 stream uses between blocks), after undoing window partition and cyclic shift.
 """

@@ -1,5 +1,6 @@
 """DVC stage `extract`: data/mel/<dataset>.zarr -> data/heads/<dataset>.zarr (see README)."""
 
+import signal
 import sys
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from residual_audio.params import ParamError, load_params  # noqa: E402
 
 
 def main() -> None:
+    # a terminated run unwinds like an interrupted one, so no partial store is left behind
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         out = run(load_params("params.yaml"))
     except (ParamError, MelStoreError, CheckpointError) as exc:

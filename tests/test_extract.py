@@ -210,3 +210,16 @@ def test_stage_run_from_params_and_param_errors(model, mel_store, tmp_path, monk
         ex.run({k: v for k, v in params.items() if k != "dataset"}, tmp_path)
     with pytest.raises(ex.MelStoreError, match="mel store not found"):
         ex.run({**params, "dataset": "absent"}, tmp_path)
+
+
+def test_stage_entry_point_reports_a_missing_mel_store(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "params.yaml").write_text(
+        "dataset: nothing\nmodel: {checkpoint: random, variant: tiny}\nextract: {batch_size: 4, device: cpu}\n")
+    script = Path(__file__).resolve().parents[1] / "stages" / "extract.py"
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "extract:" in proc.stderr and "data/mel/nothing.zarr" in proc.stderr and "not found" in proc.stderr
+    assert not (tmp_path / "data" / "heads").exists()
