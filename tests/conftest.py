@@ -35,3 +35,20 @@ def tokenizer(shared_data):
     from residual_audio.clap import load_tokenizer
 
     return load_tokenizer(shared_data / "roberta-base")
+
+
+@pytest.fixture(scope="session")
+def base_model():
+    """HTSAT-base CLAP with seeded random weights (built once per test run)."""
+    from residual_audio.clap import build_model
+
+    return build_model("base", seed=0)
+
+
+@pytest.fixture(scope="session")
+def waveforms():
+    """Two seeded 10-s noise clips at 48 kHz with different loudness."""
+    import torch
+
+    gen = torch.Generator().manual_seed(7)
+    return torch.randn(2, 480000, generator=gen) * torch.tensor([[0.05], [0.3]])
