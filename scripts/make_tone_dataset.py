@@ -9,7 +9,7 @@ import numpy as np
 import soundfile as sf
 
 
-def make(root: Path, classes: int = 4, per_class: int = 4, seed: int = 0) -> Path:
+def make(root: Path, classes: int = 4, per_class: int = 6, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     for c in range(classes):
         folder = root / f"tone{c}"
