@@ -540,3 +540,11 @@ def config_from_params(params: dict, heads_dir: str | Path = "data/heads") -> di
         "twonn_discard": float(discard),
         "duplicate_rtol": float(rtol),
     }
+
+
+def stage(params: dict, heads_dir: str | Path = "data/heads", out_dir: str | Path = "plots/geometry",
+          metrics_path: str | Path = "metrics/geometry.json") -> dict:
+    """The `geometry` stage: tables, figures and metrics for `dataset` and `geometry.compare`."""
+    summary = run(out_dir=out_dir, metrics_path=metrics_path, **config_from_params(params, heads_dir))
+    print(f"geometry: {', '.join(summary['datasets'])} (weights: {summary['weights']}) -> {out_dir}, {metrics_path}")
+    return summary

@@ -1,7 +1,12 @@
 """DVC stage `baselines`: Zero-shot, linear probe and linear adapter on every fold."""
 
-from residual_audio.experiment import baselines_stage
-from residual_audio.params import load_params
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from residual_audio.experiment import baselines_stage  # noqa: E402
+from residual_audio.stage import main  # noqa: E402
 
 if __name__ == "__main__":
-    baselines_stage(load_params())
+    main("baselines", baselines_stage)

@@ -1,7 +1,12 @@
 """DVC stage `bases`: Fit per-unit means and PCA bases on the training folds of every fold."""
 
-from residual_audio.experiment import bases_stage
-from residual_audio.params import load_params
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from residual_audio.experiment import bases_stage  # noqa: E402
+from residual_audio.stage import main  # noqa: E402
 
 if __name__ == "__main__":
-    bases_stage(load_params())
+    main("bases", bases_stage)

@@ -1,7 +1,12 @@
 """DVC stage `evaluate`: Metrics, per-fold table, confusion matrices, learning curves, lambda plots, comparison."""
 
-from residual_audio.report import evaluate_stage
-from residual_audio.params import load_params
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from residual_audio.report import evaluate_stage  # noqa: E402
+from residual_audio.stage import main  # noqa: E402
 
 if __name__ == "__main__":
-    evaluate_stage(load_params())
+    main("evaluate", evaluate_stage)

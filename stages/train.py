@@ -1,7 +1,12 @@
 """DVC stage `train`: Train ResiDual's lambda on every fold."""
 
-from residual_audio.experiment import train_stage
-from residual_audio.params import load_params
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from residual_audio.experiment import train_stage  # noqa: E402
+from residual_audio.stage import main  # noqa: E402
 
 if __name__ == "__main__":
-    train_stage(load_params())
+    main("train", train_stage)

@@ -236,18 +236,21 @@ def test_params_are_validated_with_the_key_named(stores):
 
 
 def test_stage_entry_point_runs_from_params_yaml(stores, tmp_path, monkeypatch):
-    import importlib.util
+    import subprocess
+    import sys
     from pathlib import Path
 
     root, *_ = stores
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "heads").symlink_to(root)
     (tmp_path / "params.yaml").write_text("dataset: beta\ngeometry:\n  compare: []\n  regimes: [pre]\n  mle_k: 10\n")
-    monkeypatch.chdir(tmp_path)
-    spec = importlib.util.spec_from_file_location("geometry_stage", Path(__file__).parents[1] / "stages" / "geometry.py")
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
-    stage.main()
+    script = Path(__file__).parents[1] / "stages" / "geometry.py"
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (tmp_path / "params.yaml").write_text("dataset: gamma\ngeometry:\n  compare: []\n")
+    failed = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 1
+    assert failed.stderr.strip().splitlines()[-1].startswith("geometry: params: 'dataset' names 'gamma'")
     heads = pd.read_csv(tmp_path / "plots" / "geometry" / "heads.csv")
     assert set(heads.regime) == {"pre"} and set(heads.dataset) == {"beta"}
     assert json.loads((tmp_path / "metrics" / "geometry.json").read_text())["params"]["mle_k"] == 10
