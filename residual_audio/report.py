@@ -49,9 +49,45 @@ def lambda_table(res: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def component_table(res: dict) -> pd.DataFrame:
+    """Per fold and kept component: its unit, rank within the unit, explained variance and learned λ."""
+    names = res["meta"]["unit_names"]
+    frames = []
+    for fold in res["folds"]:
+        lam, owner, expl = (np.asarray(res[f"residual/{fold}/{k}"]) for k in ("lam", "owner", "explained"))
+        starts = np.r_[0, np.flatnonzero(np.diff(owner)) + 1]
+        rank = np.arange(len(owner)) - np.repeat(starts, np.diff(np.r_[starts, len(owner)]))
+        units = [parse_unit(names[u]) for u in owner]
+        frames.append(pd.DataFrame(dict(fold=str(fold), unit=[names[u] for u in owner], stage=[u["stage"] for u in units],
+                                        rank=rank + 1, explained=expl, lam=lam)))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def plot_lambda_components(table: pd.DataFrame, path: Path, title: str) -> None:
+    """λ of every kept component against its rank within its unit, one colour per stage:
+    which principal directions ResiDual amplified (λ > 1) or suppressed (λ < 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    for s, part in table.groupby("stage"):
+        jitter = np.random.default_rng(int(s)).uniform(-0.2, 0.2, len(part))
+        ax.scatter(part["rank"] + jitter, part["lam"], s=6, alpha=0.5, label=f"stage {s}")
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.set(xlabel="component rank within its unit (1 = most variance)", ylabel="learned λ")
+    ax.set_title(title, fontsize=9)
+    ax.legend(markerscale=3, fontsize=8)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
 def plot_lambda(table: pd.DataFrame, path: Path, title: str) -> None:
     """One panel per stage: variance-weighted mean λ per head (rows: blocks), averaged over folds."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -66,6 +102,7 @@ def plot_lambda(table: pd.DataFrame, path: Path, title: str) -> None:
         grid[part.block, part["head"]] = part.lam_mean
         im = ax.imshow(grid, cmap="RdBu_r", vmin=1 - lim, vmax=1 + lim, aspect="auto", interpolation="nearest")
         ax.set(title=f"stage {s}", xlabel="head", ylabel="block", yticks=range(grid.shape[0]))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.colorbar(im, ax=axes[0].tolist(), label="mean λ (variance-weighted)")
     fig.suptitle(title, fontsize=9)
     with atomic_path(path) as tmp:
@@ -77,7 +114,7 @@ def evaluate_stage(params: dict, results_dir: Path = Path("data/results")) -> No
     datasets = [get(params, "dataset")]
     data = collect(datasets, results_dir)
     per_method, fold_rows, learning, comparison = {}, [], [], []
-    lambda_tables = {}
+    lambda_tables, component_tables = {}, {}
     for ds, methods in data.items():
         for method in al.METHODS:
             if method not in methods:
@@ -95,6 +132,7 @@ def evaluate_stage(params: dict, results_dir: Path = Path("data/results")) -> No
             learning += [dict(dataset=ds, **row) for row in res["history"] if row["method"] == method and "epoch" in row]
         if "residual" in methods:
             lambda_tables[ds] = lambda_table(methods["residual"])
+            component_tables[ds] = component_table(methods["residual"])
 
     primary = datasets[0]
     for method, blocks in per_method.items():
@@ -118,6 +156,10 @@ def evaluate_stage(params: dict, results_dir: Path = Path("data/results")) -> No
         _csv(PLOTS_DIR / f"lambda_{ds}.csv", lt)
         weights = per_method["residual"][ds]["weights"]
         plot_lambda(lt, PLOTS_DIR / f"lambda_{ds}.png", f"ResiDual λ per head — {ds} ({weights} weights)")
+        ct = component_tables[ds]
+        _csv(PLOTS_DIR / f"lambda_components_{ds}.csv", ct)
+        plot_lambda_components(ct, PLOTS_DIR / f"lambda_components_{ds}.png",
+                               f"Which components ResiDual amplified or suppressed — {ds} ({weights} weights)")
 
 
 def comparison_markdown(table: pd.DataFrame) -> str:
