@@ -128,7 +128,7 @@ def head_similarity(result, special, regime, dataset, weights, path) -> None:
     _stage_strip(top, stages, vertical=False)
     _stage_strip(left, stages, vertical=True)
     left.set_ylabel("heads in Ward-clustering order (colour = stage)")
-    im = ax.imshow(sim, cmap="magma", vmin=min(0.0, sim.min()), vmax=1.0, interpolation="nearest", aspect="auto")
+    im = ax.imshow(sim, cmap="magma", vmin=float(np.floor(sim.min() * 100) / 100), vmax=1.0, interpolation="nearest", aspect="auto")
     ax.set_xticks([])
     ax.set_yticks([])
     fig.colorbar(im, cax=cax, label="cosine similarity of spectral fingerprints")
