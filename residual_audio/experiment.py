@@ -227,7 +227,7 @@ def _train_inject(ds: str, p: AlignmentParams):
     text = load_text_side(TEXT_DIR / f"{ds}.npz", heads.classes)
     mel_path = MEL_DIR / f"{ds}.zarr"
     mel_store = open_mel_store(mel_path)
-    mel_ids = np.asarray(mel_store["clip_id"][:]).astype(str)
+    mel_ids = np.array([str(c) for c in mel_store["clip_id"][:]])
     if not np.array_equal(mel_ids, heads.clip_id):
         raise MelStoreError(f"{mel_path}: its clips differ from {heads.path}'s; rerun the 'extract' stage")
     splits = splits_for(heads, p)

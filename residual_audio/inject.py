@@ -99,7 +99,7 @@ def read_head_outputs(path: str | Path) -> HeadOutputs:
         raise StoreError(f"{path}: labels outside 0..{len(classes) - 1} (attribute 'classes')")
     return HeadOutputs(
         path=path, pre=pre, label=label, fold=np.asarray(g["fold"][:], dtype=np.int64),
-        clip_id=np.asarray(g["clip_id"][:]).astype(str), head_names=[head_name(*r) for r in rows],
+        clip_id=np.array([str(c) for c in g["clip_id"][:]]), head_names=[head_name(*r) for r in rows],
         classes=classes, weights=str(attrs["weights"]), variant=str(attrs.get("variant", "tiny")),
         mel_sha256=str(attrs.get("mel_sha256", "")),
     )

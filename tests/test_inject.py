@@ -245,3 +245,21 @@ def test_inject_params_are_checked(tmp_path, monkeypatch):
         with pytest.raises(ParamError, match=message.replace(".", r"\.")):
             train_stage(params)
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_gives_the_cpu_results(model, hooked, data):
+    import copy
+
+    on_gpu = HookedHTSAT(copy.deepcopy(model).to("cuda"))
+    split = Split("fold0", np.arange(0, 5), np.arange(5, 6), np.arange(6, 8))
+    cfg = TrainConfig(max_epochs=3, lr=0.05, batch_size=3)
+    runs = []
+    for h, device in ((hooked, "cpu"), (on_gpu, "cuda")):
+        cache = entry_inputs(h, data["mel"].numpy(), 2, 4, device)
+        assert cache.device.type == "cpu"
+        runs.append(al.run_inject_residual(cache, data["label"], split, data["text"], data["bases"], h, [2, 3], cfg))
+    cpu, gpu = runs
+    np.testing.assert_allclose(gpu.logits, cpu.logits, atol=1e-3, rtol=1e-3)
+    np.testing.assert_allclose(gpu.extra["lam"], cpu.extra["lam"], atol=1e-3)
+    assert not np.allclose(cpu.extra["lam"], 1)
