@@ -263,3 +263,13 @@ def test_cuda_gives_the_cpu_results(model, hooked, data):
     np.testing.assert_allclose(gpu.logits, cpu.logits, atol=1e-3, rtol=1e-3)
     np.testing.assert_allclose(gpu.extra["lam"], cpu.extra["lam"], atol=1e-3)
     assert not np.allclose(cpu.extra["lam"], 1)
+
+
+def test_learning_rate_range_test_leaves_the_model_as_it_was(hooked, data):
+    from residual_audio.training import lr_range_test
+
+    inner = InjectResiDual(hooked, FrozenHead(data["text"]), data["bases"], [3])
+    wrapped = FromCache(inner, entry_inputs(hooked, data["mel"].numpy(), 3, 4, "cpu"))
+    lr = lr_range_test(wrapped, (torch.arange(N),), torch.from_numpy(data["label"]), TrainConfig(batch_size=4), steps=12)
+    assert 1e-5 <= lr <= 0.1
+    assert torch.equal(inner.lam.detach(), torch.ones_like(inner.lam))
