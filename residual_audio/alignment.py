@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,29 @@ def run_residual(store: UnitStore, split: Split, text: TextSide, bases: UnitBase
     lam = model.lam.detach().numpy().copy()
     return FoldResult("residual", split.name, split.test, logits.numpy(), trainable_count(model), history,
                       {"lam": lam, "owner": bases.owner, "explained": bases.explained, "lr": lr})
+
+
+def run_inject_residual(cache: torch.Tensor, labels: np.ndarray, split: Split, text: TextSide, bases: UnitBases,
+                        hooked, stages, cfg: TrainConfig, beyond: str = "keep") -> FoldResult:
+    """Inject-mode ResiDual: λ on the heads of `stages`, trained through the frozen encoder's forward.
+
+    `cache` [N, ...] holds, for every clip of the store, what the forward starts from (see
+    `inject.entry_inputs`); evaluation passes use `train.batch_size` clips, like training.
+    """
+    from .inject import FromCache, InjectResiDual
+
+    device = next(hooked.model.parameters()).device
+    inner = InjectResiDual(hooked, FrozenHead(text), bases, stages, beyond).to(device)
+    model = FromCache(inner, cache)
+    cfg = replace(cfg, eval_batch=cfg.batch_size, batch_progress=True)
+    idx = {k: (torch.from_numpy(np.asarray(v, dtype=np.int64)),) for k, v in
+           (("train", split.train), ("val", split.val), ("test", split.test))}
+    history, lr = train(model, idx["train"], labels[split.train], idx["val"], labels[split.val], cfg,
+                        desc=f"residual {split.name}")
+    _, _, logits = evaluate(model, idx["test"], torch.from_numpy(labels[split.test]), cfg.eval_batch)
+    lam = inner.lam.detach().cpu().numpy().copy()
+    return FoldResult("residual", split.name, split.test, logits.numpy(), trainable_count(model), history,
+                      {"lam": lam, "owner": inner.bases.owner, "explained": inner.bases.explained, "lr": lr})
 
 
 def run_adapter(store: UnitStore, split: Split, text: TextSide, cfg: TrainConfig) -> FoldResult:

@@ -17,13 +17,16 @@ from . import alignment as al
 from .io import atomic_path, write_json
 from .params import ParamError, check, get
 from .protocol import SCHEMES, Split, make_splits
+from .inject import entry_inputs, fit_head_bases, read_head_outputs, restrict
 from .residual import BEYOND, check_mode, fit_bases, load_bases, save_bases
 from .training import TrainConfig
 from .units import UNIT_SETS, read_units
 from .zeroshot import DEFAULT_TEMPLATES, load_text_side, save_text_side
 
 HEADS_DIR, TEXT_DIR, BASES_DIR, RESULTS_DIR = Path("data/heads"), Path("data/text"), Path("data/bases"), Path("data/results")
+MEL_DIR = Path("data/mel")  # written by the preprocess stage; read by inject mode only
 MODELS_DIR = Path("data/models")  # written by the download stage: checkpoint.pt, tokenizer/
+SPACES = {"direct": "direct/units", "inject": "heads/pre"}  # what the bases of each residual.mode are fitted on
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class AlignmentParams:
     beyond: str
     train: TrainConfig
     probe_grid: tuple
+    device: str = "auto"  # train.device, for the encoder's forward in inject mode
+    variant: str | None = None  # model.variant, for the encoder in inject mode
 
     @classmethod
     def read(cls, params: dict) -> "AlignmentParams":
@@ -66,11 +71,15 @@ class AlignmentParams:
             patience=get(params, "train.patience", 5), batch_size=get(params, "train.batch_size", 64),
             seed=seed, weight_decay=get(params, "train.weight_decay", 0.0), lr_find=bool(get(params, "train.lr_find", False)),
         ).check()
+        check(mode != "inject" or units == "heads", "residual.units",
+              f"must be 'heads' with residual.mode: inject (it reweights head outputs before the projection), got {units!r}")
+        device = get(params, "train.device", "auto")
+        check(device in ("auto", "cpu", "cuda"), "train.device", f"must be auto, cpu or cuda, got {device!r}")
         grid = get(params, "probe.C", [0.1, 1.0, 10.0, 100.0])
         check(isinstance(grid, list) and grid and all(isinstance(c, (int, float)) and c > 0 for c in grid),
               "probe.C", f"must be a non-empty list of positive numbers, got {grid!r}")
         return cls(datasets, seed, list(inject), scheme, k, float(val), mode, units, float(variance), beyond, cfg,
-                   tuple(float(c) for c in grid))
+                   tuple(float(c) for c in grid), device, get(params, "model.variant", None))
 
 
 def splits_for(store, p: AlignmentParams) -> list[Split]:
@@ -126,16 +135,39 @@ def text_stage(params: dict) -> None:
 
 
 def bases_stage(params: dict) -> None:
-    """Per dataset and fold: unit means and PCA bases from the training folds only."""
+    """Per dataset and fold: unit means and PCA bases from the training folds only.
+
+    Direct mode fits the units' direct contributions (`direct/units`); inject mode fits every
+    head's pooled output before the projection (`heads/pre`), all stages, so that changing
+    `inject_layers` needs no new bases. The file records which (`space`).
+    """
     p = AlignmentParams.read(params)
+    space = SPACES[p.mode]
     with atomic_path(BASES_DIR) as tmp:
         for ds in p.datasets:
-            store = _store(ds)
+            store = read_head_outputs(HEADS_DIR / f"{ds}.zarr") if p.mode == "inject" else _store(ds)
             (tmp / ds).mkdir(parents=True)
             for split in tqdm(splits_for(store, p), desc=f"bases {ds}"):
-                bases = fit_bases(store.units[split.train_all], store.select(p.units), store.unit_names, p.variance)
+                if p.mode == "inject":
+                    bases = fit_head_bases(store, split.train_all, p.variance)
+                else:
+                    bases = fit_bases(store.units[split.train_all], store.select(p.units), store.unit_names, p.variance)
                 save_bases(tmp / ds / f"{split.name}.npz", bases, train=split.train, val=split.val, test=split.test,
-                           weights=np.array(store.weights))
+                           weights=np.array(store.weights), space=np.array(space))
+
+
+def _fold_bases(ds: str, split: Split, mode: str, expected_units: list[str]):
+    """The bases of one fold, checked against the current folds, mode and units."""
+    path = BASES_DIR / ds / f"{split.name}.npz"
+    bases, extra = load_bases(path)
+    if not np.array_equal(extra["test"], split.test) or not np.array_equal(extra["val"], split.val):
+        raise ParamError(f"{path}: fitted on other folds than 'cv.*'/'seed' now give; rerun 'bases'")
+    space = str(extra.get("space", SPACES["direct"]))
+    if space != SPACES[mode]:
+        raise ParamError(f"{path}: fitted on '{space}' for another 'residual.mode' than {mode!r}; rerun 'bases'")
+    if bases.unit_names != expected_units:
+        raise ParamError(f"{BASES_DIR / ds}: bases are for other units than 'residual.units' now selects; rerun 'bases'")
+    return bases
 
 
 # --------------------------------------------------------------------------- baselines / train
@@ -162,29 +194,54 @@ def baselines_stage(params: dict) -> None:
 def train_stage(params: dict) -> None:
     """ResiDual on every fold → data/results/residual/<dataset>.npz."""
     p = AlignmentParams.read(params)
-    if p.mode == "inject":
-        raise ParamError(
-            "params: 'residual.mode' = 'inject' needs the hooked forward pass (attn.hook_z hook points with "
-            "start-from-stage), which this version does not have yet; use residual.mode: direct"
-        )
     outputs = {}
     for ds in p.datasets:
+        if p.mode == "inject":
+            outputs[ds] = _train_inject(ds, p)
+            continue
         store = _store(ds)
         text = load_text_side(TEXT_DIR / f"{ds}.npz", store.classes)
         results = []
+        units = [store.unit_names[i] for i in store.select(p.units)]
         for split in tqdm(splits_for(store, p), desc=f"residual {ds}"):
-            bases, extra = load_bases(BASES_DIR / ds / f"{split.name}.npz")
-            if not np.array_equal(extra["test"], split.test) or not np.array_equal(extra["val"], split.val):
-                raise ParamError(f"{BASES_DIR / ds / split.name}.npz: fitted on other folds than 'cv.*'/'seed' now give; rerun 'bases'")
-            if bases.unit_names != [store.unit_names[i] for i in store.select(p.units)]:
-                raise ParamError(f"{BASES_DIR / ds}: bases are for other units than 'residual.units' = {p.units!r}; rerun 'bases'")
+            bases = _fold_bases(ds, split, p.mode, units)
             results.append(al.run_residual(store, split, text, bases, p.train, p.beyond))
-        outputs[ds] = (results, store, text, bases.unit_names)
+        outputs[ds] = (results, store, _weights(store, text), units)
     with atomic_path(RESULTS_DIR / "residual") as tmp:
         tmp.mkdir()
-        for ds, (results, store, text, names) in outputs.items():
-            al.save_results(tmp / f"{ds}.npz", results, store.label, store.classes, _weights(store, text),
-                            meta={"unit_names": names, "mode": p.mode, "beyond": p.beyond, "variance": p.variance})
+        for ds, (results, store, weights, names) in outputs.items():
+            meta = {"unit_names": names, "mode": p.mode, "beyond": p.beyond, "variance": p.variance}
+            if p.mode == "inject":
+                meta["inject_layers"] = sorted(p.inject_layers)
+            al.save_results(tmp / f"{ds}.npz", results, store.label, store.classes, weights, meta=meta)
+
+
+def _train_inject(ds: str, p: AlignmentParams):
+    """Inject mode on one dataset: every input is checked before the encoder is built; the
+    stream entering the first injected stage is computed once for all folds."""
+    from .clap import checkpoint_from, load_model, mel_fingerprint
+    from .extract import MelStoreError, open_mel_store, resolve_device
+    from .hooked import HookedHTSAT
+
+    heads = read_head_outputs(HEADS_DIR / f"{ds}.zarr")
+    text = load_text_side(TEXT_DIR / f"{ds}.npz", heads.classes)
+    mel_path = MEL_DIR / f"{ds}.zarr"
+    mel_store = open_mel_store(mel_path)
+    mel_ids = np.array([str(c) for c in mel_store["clip_id"][:]])
+    if not np.array_equal(mel_ids, heads.clip_id):
+        raise MelStoreError(f"{mel_path}: its clips differ from {heads.path}'s; rerun the 'extract' stage")
+    splits = splits_for(heads, p)
+    bases = [_fold_bases(ds, split, p.mode, heads.head_names) for split in splits]
+    device = resolve_device(p.device, "train.device")
+    model = load_model(checkpoint_from(MODELS_DIR), p.variant)
+    if mel_store.attrs["mel_sha256"] != mel_fingerprint(model):
+        raise MelStoreError(f"{mel_path}: mel_sha256 does not match the model's mel extractor; rerun 'preprocess' and 'extract'")
+    hooked = HookedHTSAT(model.to(device))
+    cache = entry_inputs(hooked, mel_store["mel"], min(p.inject_layers), p.train.batch_size, device)
+    results = [al.run_inject_residual(cache, heads.label, split, text, b, hooked, p.inject_layers, p.train, p.beyond)
+               for split, b in zip(tqdm(splits, desc=f"residual {ds} (inject)"), bases)]
+    weights = "random" if "random" in (heads.weights, text.weights, getattr(model, "weights", "")) else heads.weights
+    return results, heads, weights, restrict(bases[0], p.inject_layers).unit_names
 
 
 def _weights(store, text) -> str:

@@ -208,12 +208,13 @@ def open_mel_store(path: str | os.PathLike):
     return group
 
 
-def resolve_device(device: str) -> torch.device:
-    check(device in ("auto", "cpu", "cuda"), "extract.device", f"must be auto, cpu or cuda, got {device!r}")
+def resolve_device(device: str, key: str = "extract.device") -> torch.device:
+    """auto (cuda when available) | cpu | cuda, as a torch device; errors name the params `key`."""
+    check(device in ("auto", "cpu", "cuda"), key, f"must be auto, cpu or cuda, got {device!r}")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ParamError("params: 'extract.device' is cuda but no CUDA device is available")
+        raise ParamError(f"params: '{key}' is cuda but no CUDA device is available")
     return torch.device(device)
 
 

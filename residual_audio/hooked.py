@@ -211,20 +211,7 @@ class HookedHTSAT:
             raise RuntimeError("the frozen model must stay in eval() mode")
         table = self._normalise_hooks(hooks)
         n_stages = len(self.arch.depths)
-        if not 0 <= start_stage < n_stages:
-            raise ValueError(f"start_stage must be in 0..{n_stages - 1}, got {start_stage}")
-        if resid is None:
-            if start_stage != 0 or mel is None:
-                raise ValueError("give a log-mel, or `resid` (the stream entering `start_stage`)")
-            x = self._run(table, "hook_patch_embed", self.patch_embed(mel))
-        else:
-            x = resid
-        for s in range(start_stage, n_stages):
-            layer = self.branch.layers[s]
-            for b, blk in enumerate(layer.blocks):
-                x = self._block(blk, x, f"layers.{s}.blocks.{b}", table)
-            if layer.downsample is not None:
-                x = self._merge(layer.downsample, x, s, table)
+        x = self._stages(mel, table, start_stage, resid, n_stages)
         x = self._run(table, "hook_norm_in", x)
         norm = self.branch.norm
         centred, scale = _layer_norm_parts(x, norm)
@@ -235,6 +222,36 @@ class HookedHTSAT:
         return {"embedding": embedding, "audio_embed": audio_embed}
 
     __call__ = forward
+
+    def _stages(self, mel, table, start_stage: int, resid, stop_stage: int) -> torch.Tensor:
+        """The stream entering `stop_stage` (the last stage's output for stop_stage = n_stages)."""
+        n_stages = len(self.arch.depths)
+        if not 0 <= start_stage < n_stages:
+            raise ValueError(f"start_stage must be in 0..{n_stages - 1}, got {start_stage}")
+        if resid is None:
+            if start_stage != 0 or mel is None:
+                raise ValueError("give a log-mel, or `resid` (the stream entering `start_stage`)")
+            x = self._run(table, "hook_patch_embed", self.patch_embed(mel))
+        else:
+            x = resid
+        for s in range(start_stage, stop_stage):
+            layer = self.branch.layers[s]
+            for b, blk in enumerate(layer.blocks):
+                x = self._block(blk, x, f"layers.{s}.blocks.{b}", table)
+            if layer.downsample is not None:
+                x = self._merge(layer.downsample, x, s, table)
+        return x
+
+    def stream_into(self, stage: int, mel: torch.Tensor, hooks=None) -> torch.Tensor:
+        """The residual stream entering `stage` ([B, T_s, C_s]; stage 0: after the patch embedding),
+        computed from a log-mel without running the later stages. Feeding it back as
+        ``forward(start_stage=stage, resid=...)`` gives the full forward."""
+        if self.model.training:
+            raise RuntimeError("the frozen model must stay in eval() mode")
+        n_stages = len(self.arch.depths)
+        if not 0 <= stage < n_stages:
+            raise ValueError(f"stage must be in 0..{n_stages - 1}, got {stage}")
+        return self._stages(mel, self._normalise_hooks(hooks), 0, None, stage)
 
     def run_with_cache(self, mel=None, names: Iterable[str] | Callable[[str], bool] | None = None,
                        hooks=None, **kwargs) -> tuple[dict, dict]:

@@ -31,6 +31,8 @@ class TrainConfig:
     seed: int = 0
     weight_decay: float = 0.0
     lr_find: bool = False
+    eval_batch: int = 4096  # clips per no-grad evaluation pass (small when every pass runs the model)
+    batch_progress: bool = False  # a progress bar per epoch, for slow (model-forward) epochs
 
     def check(self) -> "TrainConfig":
         if not isinstance(self.max_epochs, int) or not 0 <= self.max_epochs <= 30:
@@ -39,7 +41,7 @@ class TrainConfig:
             raise ParamError(f"params: 'train.lr' must be a positive number, got {self.lr!r}")
         if not isinstance(self.patience, int) or self.patience < 1:
             raise ParamError(f"params: 'train.patience' must be a positive integer, got {self.patience!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
             raise ParamError(f"params: 'train.batch_size' must be a positive integer, got {self.batch_size!r}")
         return self
 
@@ -73,12 +75,20 @@ def _optimizer(model, cfg: TrainConfig, lr: float, steps_per_epoch: int):
 
 
 def lr_range_test(model, inputs: tuple, labels: torch.Tensor, cfg: TrainConfig, lo=1e-4, hi=1.0, steps=60) -> float:
-    """Leslie Smith's range test on a copy of the model: a tenth of the lr at the loss minimum.
+    """Leslie Smith's range test: a tenth of the lr at the loss minimum.
 
     The learning rate grows geometrically from `lo` to `hi` over `steps` mini-batches
-    (plain AdamW), stopping early once the loss diverges.
+    (plain AdamW), stopping early once the loss diverges. The model's trainable state is
+    restored afterwards (the model is not copied: it may hold a frozen encoder by reference).
     """
-    model = copy.deepcopy(model)
+    saved = copy.deepcopy(model.state_dict())
+    try:
+        return _range_test(model, inputs, labels, cfg, lo, hi, steps)
+    finally:
+        model.load_state_dict(saved)
+
+
+def _range_test(model, inputs, labels, cfg, lo, hi, steps) -> float:
     gen = torch.Generator().manual_seed(cfg.seed + 7919)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lo)
     lrs = np.geomspace(lo, hi, steps)
@@ -113,8 +123,8 @@ def train(model, train_inputs: tuple, train_labels, val_inputs: tuple, val_label
     opt = _optimizer(model, cfg, lr, steps)
     has_val = len(val_labels) > 0
     opt.eval()
-    val_loss, val_acc, _ = evaluate(model, val_inputs, val_labels) if has_val else (float("nan"),) * 2 + (None,)
-    train_loss, train_acc, _ = evaluate(model, train_inputs, train_labels)
+    val_loss, val_acc, _ = evaluate(model, val_inputs, val_labels, cfg.eval_batch) if has_val else (float("nan"),) * 2 + (None,)
+    train_loss, train_acc, _ = evaluate(model, train_inputs, train_labels, cfg.eval_batch)
     history = [dict(epoch=0, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc, lr=lr)]
     best = (val_loss, copy.deepcopy(model.state_dict()))
     bad = 0
@@ -122,7 +132,8 @@ def train(model, train_inputs: tuple, train_labels, val_inputs: tuple, val_label
     for epoch in tqdm(range(1, cfg.max_epochs + 1), desc=desc, leave=False, disable=cfg.max_epochs == 0):
         opt.train()
         total = 0.0
-        for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):
+        batches = torch.randperm(n, generator=gen).split(cfg.batch_size)
+        for idx in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not cfg.batch_progress):
             loss = F.cross_entropy(model(*(x[idx] for x in train_inputs)), train_labels[idx])
             _check_loss(loss, epoch, lr)
             opt.zero_grad(set_to_none=True)
@@ -132,7 +143,7 @@ def train(model, train_inputs: tuple, train_labels, val_inputs: tuple, val_label
         opt.eval()
         row = dict(epoch=epoch, train_loss=total / n, train_acc=float("nan"), lr=lr)
         if has_val:
-            row["val_loss"], row["val_acc"], _ = evaluate(model, val_inputs, val_labels)
+            row["val_loss"], row["val_acc"], _ = evaluate(model, val_inputs, val_labels, cfg.eval_batch)
             _check_loss(torch.tensor(row["val_loss"]), epoch, lr)
         else:
             row["val_loss"], row["val_acc"] = float("nan"), float("nan")

@@ -35,6 +35,11 @@ def _project(tmp_path: Path) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     text, _ = synthetic_store(root / "data/heads/synthetic.zarr", n_per_class=4, n_classes=5)
     save_text_side(root / "data/text/synthetic.npz", text)
+    # direct mode reads neither, but `train` depends on them for inject mode
+    (root / "data/mel/synthetic.zarr").mkdir(parents=True)
+    (root / "data/mel/synthetic.zarr/README").write_text("inject mode only\n")
+    (root / "data/models").mkdir(parents=True)
+    (root / "data/models/manifest.json").write_text('{"weights": "random"}\n')
     return root
 
 
@@ -90,15 +95,46 @@ def test_text_stage_needs_a_tokenizer(tmp_path, monkeypatch):
     assert not (tmp_path / "data").exists()
 
 
-def test_inject_mode_is_refused_with_the_key_named(tmp_path, monkeypatch):
+def test_inject_layers_are_checked_in_either_mode(tmp_path, monkeypatch):
     from residual_audio.experiment import train_stage
 
     monkeypatch.chdir(tmp_path)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["residual"]["mode"] = "inject"
-    with pytest.raises(ParamError, match="residual.mode"):
-        train_stage(params)
-    params["residual"]["mode"] = "direct"
-    params["inject_layers"] = []
-    with pytest.raises(ParamError, match="inject_layers"):
-        train_stage(params)
+    for mode in ("direct", "inject"):
+        params["residual"]["mode"] = mode
+        params["inject_layers"] = []
+        with pytest.raises(ParamError, match="inject_layers"):
+            train_stage(params)
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+def test_dvc_experiment_in_inject_mode(tmp_path, model):
+    """`dvc exp run -S residual.mode=inject -S inject_layers=[3]` on a real 12-clip store of the random model."""
+    from tiny_project import write_project_data
+
+    root = tmp_path / "project"
+    shutil.copytree(REPO / "residual_audio", root / "residual_audio", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    pipeline["stages"] = {k: v for k, v in pipeline["stages"].items() if k in ("bases", "baselines", "train", "evaluate")}
+    (root / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params.update(dataset="toy")
+    params["model"].update(checkpoint="random", variant="tiny")
+    params["cv"].update(scheme="stratified", k=2, val_fraction=0.34)
+    params["train"].update(max_epochs=2, batch_size=4, device="cpu")
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_project_data(root, model, "toy", n=12)
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.org"], ["git", "config", "user.name", "t"],
+                [sys.executable, "-m", "dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        _run(root, *cmd)
+    _run(root, sys.executable, "-m", "dvc", "exp", "run", "-S", "residual.mode=inject", "-S", "inject_layers=[3]")
+    metrics = json.loads((root / "metrics/residual.json").read_text())
+    assert metrics["weights"] == "random" and len(metrics["accuracy"]["folds"]) == 2
+    import numpy as np
+
+    with np.load(root / "data/results/residual/toy.npz") as z:
+        meta = json.loads(str(z["meta"]))
+        assert meta["mode"] == "inject" and meta["inject_layers"] == [3]
+        assert metrics["params"] == max(len(z[f"residual/{f}/lam"]) for f in z["folds"]) > 0
