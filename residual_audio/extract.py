@@ -27,7 +27,7 @@ from .params import ParamError, check, get
 REGIMES = ("pre", "post", "direct")
 MEL_SHAPE = (1001, 64)
 CHUNK_BYTES = 4 << 20  # a chunk is the unit of compression and of partial reads
-SHARD_BYTES = 64 << 20  # a shard is one file and the unit of buffering
+SHARD_BYTES = 16 << 20  # a shard is one file and the unit of buffering: bounds memory (about 16 MiB per array)
 COMPRESSOR = zarr.codecs.ZstdCodec(level=1, checksum=False)
 
 
