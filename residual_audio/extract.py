@@ -121,7 +121,7 @@ class HeadExtractor:
 
 
 def layout(n: int, per_clip: tuple, itemsize: int) -> tuple[int, int]:
-    """Clips per chunk and per shard: ~4 MiB chunks in ~64 MiB shard files, never more than n."""
+    """Clips per chunk and per shard: ~4 MiB chunks in ~16 MiB shard files, never more than n."""
     clip_bytes = max(1, math.prod(per_clip) * itemsize)
     chunk = max(1, min(n, CHUNK_BYTES // clip_bytes))
     per_shard = max(1, SHARD_BYTES // (chunk * clip_bytes))
