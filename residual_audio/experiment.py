@@ -219,29 +219,43 @@ def train_stage(params: dict) -> None:
 def _train_inject(ds: str, p: AlignmentParams):
     """Inject mode on one dataset: every input is checked before the encoder is built; the
     stream entering the first injected stage is computed once for all folds."""
-    from .clap import checkpoint_from, load_model, mel_fingerprint
-    from .extract import MelStoreError, open_mel_store, resolve_device
-    from .hooked import HookedHTSAT
-
     heads = read_head_outputs(HEADS_DIR / f"{ds}.zarr")
     text = load_text_side(TEXT_DIR / f"{ds}.npz", heads.classes)
-    mel_path = MEL_DIR / f"{ds}.zarr"
-    mel_store = open_mel_store(mel_path)
-    mel_ids = np.array([str(c) for c in mel_store["clip_id"][:]])
-    if not np.array_equal(mel_ids, heads.clip_id):
-        raise MelStoreError(f"{mel_path}: its clips differ from {heads.path}'s; rerun the 'extract' stage")
+    mel_store = _mel_store(ds, heads)
     splits = splits_for(heads, p)
     bases = [_fold_bases(ds, split, p.mode, heads.head_names) for split in splits]
-    device = resolve_device(p.device, "train.device")
-    model = load_model(checkpoint_from(MODELS_DIR), p.variant)
-    if mel_store.attrs["mel_sha256"] != mel_fingerprint(model):
-        raise MelStoreError(f"{mel_path}: mel_sha256 does not match the model's mel extractor; rerun 'preprocess' and 'extract'")
-    hooked = HookedHTSAT(model.to(device))
+    hooked, device = _encoder(ds, mel_store, p.variant, p.device, "train.device")
+    model = hooked.model
     cache = entry_inputs(hooked, mel_store["mel"], min(p.inject_layers), p.train.batch_size, device)
     results = [al.run_inject_residual(cache, heads.label, split, text, b, hooked, p.inject_layers, p.train, p.beyond)
                for split, b in zip(tqdm(splits, desc=f"residual {ds} (inject)"), bases)]
     weights = "random" if "random" in (heads.weights, text.weights, getattr(model, "weights", "")) else heads.weights
     return results, heads, weights, restrict(bases[0], p.inject_layers).unit_names
+
+
+def _mel_store(ds: str, heads):
+    """The dataset's mel store, checked to hold the heads store's clips in the same order."""
+    from .extract import MelStoreError, open_mel_store
+
+    mel_path = MEL_DIR / f"{ds}.zarr"
+    mel_store = open_mel_store(mel_path)
+    mel_ids = np.array([str(c) for c in mel_store["clip_id"][:]])
+    if not np.array_equal(mel_ids, heads.clip_id):
+        raise MelStoreError(f"{mel_path}: its clips differ from {heads.path}'s; rerun the 'extract' stage")
+    return mel_store
+
+
+def _encoder(ds: str, mel_store, variant, device: str, device_key: str):
+    """The hooked encoder of data/models on `device`, checked against the mel store's mel settings."""
+    from .clap import checkpoint_from, load_model, mel_fingerprint
+    from .extract import MelStoreError, resolve_device
+    from .hooked import HookedHTSAT
+
+    device = resolve_device(device, device_key)
+    model = load_model(checkpoint_from(MODELS_DIR), variant)
+    if mel_store.attrs["mel_sha256"] != mel_fingerprint(model):
+        raise MelStoreError(f"{MEL_DIR / f'{ds}.zarr'}: mel_sha256 does not match the model's mel extractor; rerun 'preprocess' and 'extract'")
+    return HookedHTSAT(model.to(device)), device
 
 
 def _weights(store, text) -> str:
@@ -252,29 +266,85 @@ def _weights(store, text) -> str:
 # --------------------------------------------------------------------------- ablation
 
 
+@dataclass(frozen=True)
+class AblationParams:
+    total: bool
+    stages: tuple
+    device: str
+    batch_size: int
+
+    @classmethod
+    def read(cls, params: dict) -> "AblationParams":
+        total = get(params, "ablation.total", False)
+        check(isinstance(total, bool), "ablation.total", f"must be true or false, got {total!r}")
+        stages = get(params, "ablation.stages", [0, 1, 2, 3])
+        check(isinstance(stages, list) and stages and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= 3 for s in stages)
+              and len(set(stages)) == len(stages), "ablation.stages", f"must be a non-empty list of distinct stages 0-3, got {stages!r}")
+        device = get(params, "ablation.device", "auto")
+        check(device in ("auto", "cpu", "cuda"), "ablation.device", f"must be auto, cpu or cuda, got {device!r}")
+        batch = get(params, "ablation.batch_size", 16)
+        check(isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1, "ablation.batch_size",
+              f"must be an integer >= 1, got {batch!r}")
+        return cls(total, tuple(sorted(stages)), device, batch)
+
+
 def ablation_stage(params: dict, geometry: str | Path = "plots/geometry/heads.csv") -> None:
-    """Mean-ablation drops per head/block → plots/ablation/<dataset>.csv, metrics/ablation.json."""
+    """Mean-ablation drops per head/block → plots/ablation/<dataset>.csv, metrics/ablation.json.
+
+    With `ablation.total: true` the heads of `ablation.stages` are also ablated inside the
+    forward pass (total effect, columns total_*), which needs the mel store and the model."""
     import pandas as pd
 
-    from .ablation import fisher_correlation, mean_ablation
+    from .ablation import direct_total_correlation, fisher_correlation, mean_ablation
 
     p = AlignmentParams.read(params)
+    q = AblationParams.read(params)
     tables, metrics = {}, {}
     geo = pd.read_csv(geometry) if Path(geometry).is_file() else None
     for ds in p.datasets:
         store = _store(ds)
         text = load_text_side(TEXT_DIR / f"{ds}.npz", store.classes)
-        table = mean_ablation(store, splits_for(store, p), text)
-        tables[ds] = table
+        splits = splits_for(store, p)
+        table = mean_ablation(store, splits, text)
+        weights = _weights(store, text)
         heads, blocks = table[table.kind == "head"], table[table.kind == "block"]
         metrics[ds] = {
-            "weights": _weights(store, text),
+            "weights": weights,
             "head_drop": {"max": float(heads["drop"].max()), "mean": float(heads["drop"].mean()),
                           "top": heads.nlargest(5, "drop")["unit"].tolist()},
             "block_drop": {"max": float(blocks["drop"].max()), "top": blocks.nlargest(3, "drop")["unit"].tolist()},
             "fisher": fisher_correlation(table, geo, ds) if geo is not None else {},
         }
+        if q.total:
+            table, model_weights = _total_ablation(ds, p, q, splits, text, table)
+            if model_weights == "random":
+                metrics[ds]["weights"] = "random"
+            total = table[table.kind == "head"].dropna(subset=["total_drop"])
+            metrics[ds]["total"] = {
+                "stages": list(q.stages),
+                "head_drop": {"max": float(total["total_drop"].max()), "mean": float(total["total_drop"].mean()),
+                              "top": total.nlargest(5, "total_drop")["unit"].tolist()},
+                "direct_vs_total": direct_total_correlation(table),
+                "fisher": fisher_correlation(table, geo, ds, column="total_drop") if geo is not None else {},
+            }
+        tables[ds] = table
     for ds, table in tables.items():
         with atomic_path(Path("plots/ablation") / f"{ds}.csv") as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
     write_json("metrics/ablation.json", metrics)
+
+
+def _total_ablation(ds: str, p: AlignmentParams, q: AblationParams, splits: list[Split], text, table):
+    """Total-effect columns added to the direct-ablation table (NaN for blocks and heads not ablated)."""
+    from .ablation import total_ablation
+    from .units import parse_unit
+
+    heads = read_head_outputs(HEADS_DIR / f"{ds}.zarr")
+    mel_store = _mel_store(ds, heads)
+    hooked, device = _encoder(ds, mel_store, p.variant, q.device, "ablation.device")
+    chosen = [u for u, name in enumerate(heads.head_names) if parse_unit(name)["stage"] in q.stages]
+    total = total_ablation(hooked, mel_store["mel"], heads.label, heads.pre, heads.head_names, splits, text,
+                           q.batch_size, device, heads=chosen)
+    merged = table.merge(total[["stage", "block", "head", "kind", "total_accuracy", "total_drop", "total_drop_std"]],
+                         on=["kind", "stage", "block", "head"], how="left")
+    return merged, getattr(hooked.model, "weights", "")

@@ -80,7 +80,7 @@ def read_head_outputs(path: str | Path) -> HeadOutputs:
     except Exception as exc:  # zarr raises several types for a non-store
         raise StoreError(f"{path}: not a readable zarr store ({exc})") from None
     if PRE not in g:
-        raise StoreError(f"{path}: missing array '{PRE}' (residual.mode: inject needs 'pre' in extract.regimes)")
+        raise StoreError(f"{path}: missing array '{PRE}' (residual.mode: inject and ablation.total need 'pre' in extract.regimes)")
     for name in ("label", "fold", "clip_id"):
         if name not in g:
             raise StoreError(f"{path}: missing array '{name}'")
