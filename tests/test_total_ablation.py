@@ -21,7 +21,7 @@ from tiny_project import noise_mel, text_side, write_project_data
 
 from conftest import REPO
 
-N = 8
+N = 4
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +55,14 @@ def test_mean_hook_replaces_one_head_on_every_token():
 def test_replacing_z_by_itself_drops_nothing(hooked, data):
     chosen = _one_head_per_stage(data["names"])
     table = total_ablation(hooked, data["mel"].numpy(), data["label"], data["pre"], data["names"], data["splits"],
-                           data["text"], batch_size=4, heads=chosen, make_hook=lambda i, mean: (lambda z, name: z.clone()))
+                           data["text"], batch_size=2, heads=chosen, make_hook=lambda i, mean: (lambda z, name: z.clone()))
     assert table["stage"].tolist() == [0, 1, 2, 3] and table["unit"].tolist() == [data["names"][u] for u in chosen]
     assert (table["total_drop"] == 0).all() and (table["total_drop_std"] == 0).all()
     assert table["total_accuracy"].between(0, 1).all()
 
 
 def test_cached_stream_ablation_equals_the_full_forward(hooked, data):
-    mel = data["mel"][:4]
+    mel = data["mel"][:2]
     means = torch.from_numpy(data["pre"][data["splits"][0].train_all].mean(0))
     streams, embedding = stage_streams(hooked, mel)
     with torch.no_grad():
