@@ -18,11 +18,12 @@ import torch
 import zarr
 from tqdm import tqdm
 
-from .clap import Architecture, load_model, mel_fingerprint
+from .clap import load_model, mel_fingerprint
 from .decompose import DirectDecomposition, head_rows, pooled_head_outputs, unit_names
 from .hooked import HookedHTSAT
 from .io import atomic_path, sha256_file
 from .params import ParamError, check, get
+from .stores import StoreError, open_store
 
 REGIMES = ("pre", "post", "direct")
 MEL_SHAPE = (1001, 64)
@@ -31,7 +32,7 @@ SHARD_BYTES = 16 << 20  # a shard is one file and the unit of buffering: bounds 
 COMPRESSOR = zarr.codecs.ZstdCodec(level=1, checksum=False)
 
 
-class MelStoreError(ValueError):
+class MelStoreError(StoreError):
     """The mel store is missing, malformed, empty, or made with other mel settings than the model's."""
 
 
@@ -184,18 +185,8 @@ class ShardedWriter:
 def open_mel_store(path: str | os.PathLike):
     """The mel store's group, checked for the arrays and attributes extraction reads."""
     path = Path(path)
-    if not path.exists():
-        raise MelStoreError(f"{path}: mel store not found (run the preprocess stage)")
-    try:
-        group = zarr.open_group(path, mode="r")
-    except Exception as exc:  # zarr raises several types for a non-store
-        raise MelStoreError(f"{path}: not a zarr group ({exc.__class__.__name__}: {exc})") from None
-    for key in ("mel", "clip_id", "label", "fold"):
-        if key not in group:
-            raise MelStoreError(f"{path}: array '{key}' is missing")
-    for key in ("classes", "mel_sha256"):
-        if key not in group.attrs:
-            raise MelStoreError(f"{path}: attribute '{key}' is missing")
+    group = open_store(path, arrays=("mel", "clip_id", "label", "fold"), attrs=("classes", "mel_sha256"),
+                       kind="mel store", hint="run the preprocess stage", error=MelStoreError)
     mel = group["mel"]
     if mel.ndim != 3 or tuple(mel.shape[1:]) != MEL_SHAPE:
         raise MelStoreError(f"{path}: 'mel' has shape {tuple(mel.shape)}, expected [N, {MEL_SHAPE[0]}, {MEL_SHAPE[1]}]")

@@ -21,7 +21,8 @@ from scipy import stats
 from scipy.cluster.hierarchy import leaves_list, linkage
 from tqdm.auto import tqdm
 
-from residual_audio import intrinsic
+from residual_audio import intrinsic, stores
+from residual_audio.stores import StoreError
 
 REGIMES = ("pre", "post")
 HEAD_COLUMNS = [
@@ -34,8 +35,6 @@ LAYER_METRICS = {"d_PCA90": "pca90", "d_PCA99": "pca99", "TwoNN": "twonn", "PR":
 SUMMARY_METRICS = ["pca90", "pca99", "twonn", "mle", "pr", "effrank", "evr1", "fisher"]
 
 
-class StoreError(ValueError):
-    """The heads store is missing, malformed or inconsistent; the message names the file and key."""
 
 
 # ----------------------------------------------------------------------------- store
@@ -90,16 +89,8 @@ class HeadStore:
 def open_store(path: str | Path) -> HeadStore:
     """Open a heads store and check everything the geometry stage relies on."""
     path = Path(path)
-    if not path.exists():
-        raise StoreError(f"{path}: heads store not found")
-    try:
-        group = zarr.open_group(str(path), mode="r")
-    except Exception as err:  # zarr raises several types for a non-store path
-        raise StoreError(f"{path}: not a readable zarr group ({err})") from err
+    group = stores.open_store(path, attrs=("heads", "classes", "weights", "variant", "dataset"), kind="heads store")
     attrs = dict(group.attrs)
-    for key in ("heads", "classes", "weights", "variant", "dataset"):
-        if key not in attrs:
-            raise StoreError(f"{path}: attribute '{key}' is missing")
     if attrs["weights"] not in ("random", "pretrained"):
         raise StoreError(f"{path}: attribute 'weights' must be 'random' or 'pretrained', got {attrs['weights']!r}")
     rows = np.asarray(attrs["heads"], dtype=np.int64)
@@ -467,7 +458,7 @@ def _head_index(result: RegimeGeometry) -> pd.DataFrame:
 
 
 def _write_specialization_tables(out: Path, results, special) -> None:
-    frames, sims = [], []
+    frames = []
     for key, result in results.items():
         sp = special[key]
         frame = _head_index(result).copy()

@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 from .params import ParamError
 from .residual import BEYOND, UnitBases, fit_bases
-from .units import StoreError, parse_unit
+from .stores import StoreError, open_store
+from .units import parse_unit
 from .zeroshot import FrozenHead
 
 PRE = "heads/pre"
@@ -70,24 +71,14 @@ def head_name(stage: int, block: int, head: int) -> str:
 
 def read_head_outputs(path: str | Path) -> HeadOutputs:
     """`heads/pre` and the clip table of an extraction store; errors name the file."""
-    import zarr
-
     path = Path(path)
-    if not path.exists():
-        raise StoreError(f"{path}: extraction store not found")
-    try:
-        g = zarr.open_group(str(path), mode="r")
-    except Exception as exc:  # zarr raises several types for a non-store
-        raise StoreError(f"{path}: not a readable zarr store ({exc})") from None
+    g = open_store(path, attrs=("heads", "classes", "weights"), kind="heads store", hint="run the extract stage")
     if PRE not in g:
         raise StoreError(f"{path}: missing array '{PRE}' (residual.mode: inject and ablation.total need 'pre' in extract.regimes)")
     for name in ("label", "fold", "clip_id"):
         if name not in g:
             raise StoreError(f"{path}: missing array '{name}'")
     attrs = dict(g.attrs)
-    for key in ("heads", "classes", "weights"):
-        if key not in attrs:
-            raise StoreError(f"{path}: missing attribute '{key}'")
     pre = np.asarray(g[PRE][:], dtype=np.float32)
     label = np.asarray(g["label"][:], dtype=np.int64)
     rows = [tuple(int(v) for v in r) for r in attrs["heads"]]

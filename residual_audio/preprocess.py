@@ -132,19 +132,11 @@ def preprocess(
     return dict(timings)
 
 
-def open_mel_store(path: str | Path):
-    """Open a preprocess store for reading, with a clear error if it is absent."""
-    path = Path(path)
-    if not (path / "zarr.json").is_file():
-        raise FileNotFoundError(f"{path}: mel store not found; run the preprocess stage first")
-    return zarr.open_group(path, mode="r")
-
-
 def run(params: dict, workdir: str | Path = ".") -> Path:
     """The `preprocess` stage: the dataset named by `dataset` into data/mel/<dataset>.zarr."""
     from . import datasets
     from .clap import checkpoint_from
-    from .params import ParamError, check, get
+    from .params import check, get
 
     workdir = Path(workdir)
     name = get(params, "dataset")

@@ -17,14 +17,12 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from .clap import CheckpointError, TokenizerError
     from .datasets import DatasetError
     from .download import DownloadError
-    from .extract import MelStoreError
-    from .geometry import StoreError as GeometryStoreError
     from .params import ParamError
-    from .units import StoreError as UnitStoreError
+    from .stores import StoreError
     from .zeroshot import TextCacheError
 
-    return (AudioError, CheckpointError, TokenizerError, DatasetError, DownloadError, MelStoreError,
-            GeometryStoreError, ParamError, UnitStoreError, TextCacheError, FileNotFoundError)
+    return (AudioError, CheckpointError, TokenizerError, DatasetError, DownloadError, StoreError,
+            ParamError, TextCacheError, FileNotFoundError)
 
 
 def main(name: str, run: Callable[[dict], object], params_path: str = "params.yaml") -> None:

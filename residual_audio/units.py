@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .stores import StoreError, open_store
+
 HEAD_RE = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.attn\.head(\d+)$")
 MLP_RE = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.mlp$")
 UNIT_SETS = ("heads", "heads+mlp")
 
 
-class StoreError(ValueError):
-    """The extraction store is missing, incomplete or inconsistent; the message names the file."""
 
 
 @dataclass
@@ -66,22 +66,10 @@ def parse_unit(name: str) -> dict:
 
 def read_units(path: str | Path, check_sum: bool = True, atol: float = 1e-4) -> UnitStore:
     """Read the arrays and attributes alignment needs; check the exact-sum contract."""
-    import zarr
-
     path = Path(path)
-    if not path.exists():
-        raise StoreError(f"{path}: extraction store not found")
-    try:
-        g = zarr.open_group(str(path), mode="r")
-    except Exception as exc:  # zarr raises several types for a non-store
-        raise StoreError(f"{path}: not a readable zarr store ({exc})") from None
-    for name in ("embedding", "direct/units", "direct/const", "label", "fold"):
-        if name not in g:
-            raise StoreError(f"{path}: missing array '{name}'")
+    g = open_store(path, arrays=("embedding", "direct/units", "direct/const", "label", "fold"),
+                   attrs=("units", "classes", "weights"), kind="heads store", hint="run the extract stage")
     attrs = dict(g.attrs)
-    for key in ("units", "classes", "weights"):
-        if key not in attrs:
-            raise StoreError(f"{path}: missing attribute '{key}'")
     units = np.asarray(g["direct/units"][:], dtype=np.float32)
     const = np.asarray(g["direct/const"][:], dtype=np.float32)
     embedding = np.asarray(g["embedding"][:], dtype=np.float32)
