@@ -68,6 +68,10 @@ def import_laion_clap():
     """Import laion_clap with the hub switched off (it calls the hub at import time)."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    import huggingface_hub.constants
+
+    # the hub library reads the variable once, at its own import: force it if that came first
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
     import laion_clap  # noqa: F401  (puts laion_clap's own dir on sys.path)
     import clap_module.factory as factory
     import clap_module.model as clap_model

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -188,3 +191,29 @@ def test_tokenizer_without_merges_is_refused(shared_data, tmp_path):
     (tmp_path / "merges.txt").write_text("#version: 0.2\n")
     with pytest.raises(clap.TokenizerError, match="tokenizes to .* expected roberta-base"):
         clap.load_tokenizer(tmp_path)
+
+
+def test_laion_clap_import_never_reaches_the_hub():
+    """`import laion_clap` asks the hub for three tokenizers; offline it must fail fast, not retry."""
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import os; os.environ['HF_HUB_OFFLINE'] = '0'\n"
+        "import huggingface_hub.constants\n"  # imported first, with the hub switched on
+        "import socket\n"
+        "def refuse(*a, **k): raise AssertionError('network access attempted')\n"
+        "socket.socket.connect = refuse\n"
+        "socket.create_connection = refuse\n"
+        "from residual_audio import clap\n"
+        "clap.import_laion_clap()\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1], env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("ok")
+    assert time.perf_counter() - start < 120
