@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -40,6 +41,13 @@ def _project(tmp_path: Path) -> Path:
     (root / "data/mel/synthetic.zarr/README").write_text("inject mode only\n")
     (root / "data/models").mkdir(parents=True)
     (root / "data/models/manifest.json").write_text('{"weights": "random"}\n')
+    # the geometry stage's per-head table, whose Fisher scores the ablation correlates with
+    from residual_audio.synthetic import head_rows
+
+    rows = [dict(dataset="synthetic", regime="pre", stage=s, block=b, head=h, fisher=float((7 * i) % 11))
+            for i, (s, b, h) in enumerate(head_rows())]
+    (root / "plots/geometry").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(root / "plots/geometry/heads.csv", index=False)
     return root
 
 
@@ -65,6 +73,8 @@ def test_dvc_experiments_and_metrics_diff(tmp_path):
         assert len(m["accuracy"]["folds"]) == 2 and m["weights"] == "random" and 0 <= m["top5"]["mean"] <= 1
     assert metrics["residual"]["params"] > 0 and metrics["zeroshot"]["params"] == 0
     assert (root / "plots/alignment/confusion/residual.csv").read_text().startswith("actual,predicted")
+    ablation = json.loads((root / "metrics/ablation.json").read_text())
+    assert set(ablation["synthetic"]["fisher"]) == {"pre"}  # read the geometry table it depends on
 
     _run(root, *dvc, "exp", "run", "-S", "inject_layers=[0]")
     _run(root, *dvc, "exp", "run", "-S", "residual.mode=direct", "-S", "train.max_epochs=0")
