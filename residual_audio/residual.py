@@ -15,7 +15,7 @@ projection is linear, the per-component directions are mapped through it once pe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +144,8 @@ def load_bases(path: str | Path) -> tuple[UnitBases, dict]:
             explained=z["explained"],
             threshold=float(z["threshold"]),
         )
-        extra = {k: z[k] for k in z.files if k not in {"unit_names", "unit_index", "means", "components", "owner", "explained", "threshold"}}
+        own = {f.name for f in fields(UnitBases)}
+        extra = {k: z[k] for k in z.files if k not in own}
     return bases, extra
 
 
