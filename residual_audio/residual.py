@@ -234,3 +234,48 @@ def check_mode(mode: str, inject_layers, n_stages: int = 4) -> None:
             raise ParamError(f"params: 'inject_layers' entries must be stage indices 0..{n_stages - 1}, got {s!r}")
     if len(set(inject_layers)) != len(inject_layers):
         raise ParamError(f"params: 'inject_layers' has repeated stages: {inject_layers!r}")
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one ResiDual variant is built and trained; the paper's values are the defaults of
+    `RECIPES`, each overridable from `residual.recipes.<name>.<field>` in params.yaml.
+
+    - `units`: which units are reweighted (`heads` | `heads+mlp`), of the stages in `inject_layers`.
+    - `pca`: False = one λ per unit on its uncentred contribution (Σ λ_u x_u, no basis, no μ).
+    - `variance`: explained-variance threshold of the kept components (1.0 = every component).
+    - `beyond`: components past the threshold are kept unchanged (`keep`, λ fixed at 1) or dropped (`drop`, λ fixed at 0).
+    - `lam_init`: `ones` (λ = 1) or `normal` (λ = 1 + N(0, 1), seeded).
+    - `add_mean`: whether μ is added back after reweighting (RD(x) = Φᵀ diag(λ) Φ (x − μ) [+ μ]).
+    - `others`: what happens to units that are not reweighted: `keep` (summed unchanged) or
+      `remove` (zero ablation).
+    - `lr`, `max_epochs`, `patience`, `batch_size`: schedule-free AdamW training;
+      `select_on`: early stopping and checkpoint choice on `val_accuracy` or `val_loss`.
+    """
+
+    name: str
+    units: str = "heads"
+    pca: bool = True
+    variance: float = 1.0
+    beyond: str = "keep"
+    lam_init: str = "normal"
+    add_mean: bool = False
+    others: str = "remove"
+    lr: float = 0.8
+    max_epochs: int = 30
+    patience: int = 5
+    batch_size: int = 64
+    select_on: str = "val_accuracy"
+
+
+# Basile et al. (2025), released configs (conf/train/residual_*.gin, nn/adapter.py), and ours.
+RECIPES = {
+    "coarse": Recipe("coarse", units="heads", pca=False, lam_init="normal", add_mean=False, others="remove"),
+    "fine": Recipe("fine", units="heads", variance=0.9, beyond="drop", lam_init="normal", add_mean=False, others="remove"),
+    "full": Recipe("full", units="heads+mlp", variance=1.0, lam_init="normal", add_mean=False, others="keep"),
+    "identity": Recipe("identity", units="heads", variance=0.95, beyond="keep", lam_init="ones", add_mean=True,
+                       others="keep", lr=0.01, select_on="val_loss"),
+}
