@@ -90,6 +90,19 @@ def _verify(path: Path, actual: str, expected: str | None, source: str) -> None:
         raise DownloadError(f"{source}: sha256 mismatch for {path.name}: expected {expected}, got {actual}")
 
 
+class NetworkError(DownloadError):
+    """A URL could not be reached (no network, unknown host, timeout)."""
+
+
+OFFLINE_HINTS = {
+    "data": "offline? point 'data.{name}.source' at a local copy (a directory or an archive), "
+            "e.g. dvc exp run -S data.{name}.source=path/to/copy",
+    "checkpoint": "offline? point 'model.checkpoint' at a local file or folder, or use seeded random weights "
+                  "for a dry run: dvc exp run -S model.checkpoint=random",
+    "tokenizer": "offline? point 'model.tokenizer' at a local folder holding vocab.json and merges.txt",
+}
+
+
 def download_url(url: str, dest: Path, sha256: str | None = None, timeout: float = 60) -> str:
     """Stream `url` into `dest` (via a temporary sibling); return the file's sha256."""
     dest = Path(dest)
@@ -112,9 +125,9 @@ def download_url(url: str, dest: Path, sha256: str | None = None, timeout: float
         except urllib.error.HTTPError as exc:
             raise DownloadError(f"{url}: download failed (HTTP {exc.code} {exc.reason})") from None
         except urllib.error.URLError as exc:
-            raise DownloadError(f"{url}: download failed ({exc.reason})") from None
+            raise NetworkError(f"{url}: download failed ({exc.reason})") from None
         except (OSError, ValueError) as exc:  # timeouts, resets, malformed URLs
-            raise DownloadError(f"{url}: download failed ({exc.__class__.__name__}: {exc})") from None
+            raise NetworkError(f"{url}: download failed ({exc.__class__.__name__}: {exc})") from None
         actual = digest.hexdigest()
         _verify(dest, actual, sha256, url)
         os.replace(tmp, dest)
@@ -470,11 +483,10 @@ def _against(workdir: Path, source):
     return str(path if path.is_absolute() else workdir / path)
 
 
-def run(params: dict, workdir: str | os.PathLike = ".") -> dict:
-    """The `download` stage: dataset `params['dataset']` into data/raw/<dataset>/, model files into data/models/."""
+def run_dataset(params: dict, name: str, workdir: str | os.PathLike = ".") -> dict:
+    """The `download` stage of one dataset: its sources into data/raw/<name>/."""
     workdir = Path(workdir)
-    name = get(params, "dataset")
-    check(isinstance(name, str) and name in DATASETS, "dataset", f"is {name!r}; known datasets: {', '.join(DATASETS)}")
+    check(isinstance(name, str) and name in DATASETS, "datasets", f"names {name!r}; known datasets: {', '.join(DATASETS)}")
     config = get(params, f"data.{name}", {}) or {}
     check(isinstance(config, dict), f"data.{name}", "must be a mapping with at least 'source'")
     source = config.get("source")
@@ -488,19 +500,31 @@ def run(params: dict, workdir: str | os.PathLike = ".") -> dict:
     except DatasetError as exc:
         raise ParamError(f"params: 'data.{name}': {exc}") from None
     try:
-        data = fetch_dataset(
+        return fetch_dataset(
             _against(workdir, source), workdir / "data" / "raw" / name, config.get("sha256"),
             key=f"data.{name}.source", check_dataset=name, options=options,
         )
-        checkpoint = get(params, "model.checkpoint")
-        if checkpoint in OFFICIAL_CHECKPOINTS and not (workdir / checkpoint).exists():
-            checkpoint = OFFICIAL_CHECKPOINTS[checkpoint]  # an official file name stands for its URL
-        model = fetch_model(
-            _against(workdir, checkpoint),
-            _against(workdir, get(params, "model.tokenizer", None)),
-            workdir / "data" / "models",
-            get(params, "model.checkpoint_sha256", None),
-        )
+    except NetworkError as exc:
+        raise NetworkError(f"data.{name}.source: {exc}; {OFFLINE_HINTS['data'].format(name=name)}") from None
     except DatasetError as exc:
         raise DownloadError(f"data.{name}.source: the fetched files do not make the {name} dataset: {exc}") from None
-    return {"data": data, "model": model}
+
+
+def run_model(params: dict, workdir: str | os.PathLike = ".") -> dict:
+    """The `model` stage: the checkpoint and the tokenizer files into data/models/."""
+    workdir = Path(workdir)
+    checkpoint = get(params, "model.checkpoint")
+    if checkpoint in OFFICIAL_CHECKPOINTS and not (workdir / checkpoint).exists():
+        checkpoint = OFFICIAL_CHECKPOINTS[checkpoint]  # an official file name stands for its URL
+    tokenizer = get(params, "model.tokenizer", None)
+    try:
+        return fetch_model(_against(workdir, checkpoint), _against(workdir, tokenizer), workdir / "data" / "models",
+                           get(params, "model.checkpoint_sha256", None))
+    except NetworkError as exc:
+        key = "tokenizer" if tokenizer and str(tokenizer).rstrip("/") in str(exc) else "checkpoint"
+        raise NetworkError(f"model.{key}: {exc}; {OFFLINE_HINTS[key]}") from None
+
+
+def run(params: dict, name: str, workdir: str | os.PathLike = ".") -> dict:
+    """Dataset `name` and the model files, as the `download` and `model` stages fetch them."""
+    return {"data": run_dataset(params, name, workdir), "model": run_model(params, workdir)}

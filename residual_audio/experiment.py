@@ -47,9 +47,8 @@ class AlignmentParams:
     variant: str | None = None  # model.variant, for the encoder in inject mode
 
     @classmethod
-    def read(cls, params: dict) -> "AlignmentParams":
-        dataset = get(params, "dataset")
-        check(isinstance(dataset, str) and dataset, "dataset", f"must be a dataset name, got {dataset!r}")
+    def read(cls, params: dict, dataset: str) -> "AlignmentParams":
+        check(isinstance(dataset, str) and dataset, "datasets", f"must hold dataset names, got {dataset!r}")
         datasets = [dataset]
         seed = get(params, "seed", 0)
         check(isinstance(seed, int), "seed", f"must be an integer, got {seed!r}")
@@ -93,7 +92,7 @@ def _store(dataset: str):
 # --------------------------------------------------------------------------- text
 
 
-def text_stage(params: dict) -> None:
+def text_stage(params: dict, dataset: str) -> None:
     """Class vectors, temperature and frozen audio projection per dataset → data/text/<dataset>.npz."""
     import zarr
 
@@ -101,7 +100,7 @@ def text_stage(params: dict) -> None:
     from .io import sha256_file
     from .zeroshot import build_text_side
 
-    datasets = [get(params, "dataset")]
+    datasets = [dataset]
     checkpoint = str(get(params, "model.checkpoint", "random"))
     variant = get(params, "model.variant", "tiny")
     tokenizer = get(params, "model.tokenizer", None)
@@ -134,25 +133,25 @@ def text_stage(params: dict) -> None:
 # --------------------------------------------------------------------------- bases
 
 
-def bases_stage(params: dict) -> None:
+def bases_stage(params: dict, dataset: str) -> None:
     """Per dataset and fold: unit means and PCA bases from the training folds only.
 
     Direct mode fits the units' direct contributions (`direct/units`); inject mode fits every
     head's pooled output before the projection (`heads/pre`), all stages, so that changing
     `inject_layers` needs no new bases. The file records which (`space`).
     """
-    p = AlignmentParams.read(params)
+    p = AlignmentParams.read(params, dataset)
     space = SPACES[p.mode]
-    with atomic_path(BASES_DIR) as tmp:
-        for ds in p.datasets:
+    for ds in p.datasets:
+        with atomic_path(BASES_DIR / ds) as tmp:
             store = read_head_outputs(HEADS_DIR / f"{ds}.zarr") if p.mode == "inject" else _store(ds)
-            (tmp / ds).mkdir(parents=True)
+            tmp.mkdir(parents=True)
             for split in tqdm(splits_for(store, p), desc=f"bases {ds}"):
                 if p.mode == "inject":
                     bases = fit_head_bases(store, split.train_all, p.variance)
                 else:
                     bases = fit_bases(store.units[split.train_all], store.select(p.units), store.unit_names, p.variance)
-                save_bases(tmp / ds / f"{split.name}.npz", bases, train=split.train, val=split.val, test=split.test,
+                save_bases(tmp / f"{split.name}.npz", bases, train=split.train, val=split.val, test=split.test,
                            weights=np.array(store.weights), space=np.array(space))
 
 
@@ -173,9 +172,9 @@ def _fold_bases(ds: str, split: Split, mode: str, expected_units: list[str]):
 # --------------------------------------------------------------------------- baselines / train
 
 
-def baselines_stage(params: dict) -> None:
-    """Zero-shot, linear probe and linear adapter on every fold → data/results/baselines/<dataset>.npz."""
-    p = AlignmentParams.read(params)
+def baselines_stage(params: dict, dataset: str) -> None:
+    """Zero-shot, linear probe and linear adapter on every fold → data/results/<dataset>/baselines.npz."""
+    p = AlignmentParams.read(params, dataset)
     outputs = {}
     for ds in p.datasets:
         store = _store(ds)
@@ -185,15 +184,13 @@ def baselines_stage(params: dict) -> None:
             results += [al.run_zeroshot(store, split, text), al.run_probe(store, split, text, p.probe_grid, p.seed),
                         al.run_adapter(store, split, text, p.train)]
         outputs[ds] = (results, store, text)
-    with atomic_path(RESULTS_DIR / "baselines") as tmp:
-        tmp.mkdir()
-        for ds, (results, store, text) in outputs.items():
-            al.save_results(tmp / f"{ds}.npz", results, store.label, store.classes, _weights(store, text))
+    for ds, (results, store, text) in outputs.items():
+        al.save_results(RESULTS_DIR / ds / "baselines.npz", results, store.label, store.classes, _weights(store, text))
 
 
-def train_stage(params: dict) -> None:
-    """ResiDual on every fold → data/results/residual/<dataset>.npz."""
-    p = AlignmentParams.read(params)
+def train_stage(params: dict, dataset: str) -> None:
+    """ResiDual on every fold → data/results/<dataset>/residual.npz."""
+    p = AlignmentParams.read(params, dataset)
     outputs = {}
     for ds in p.datasets:
         if p.mode == "inject":
@@ -207,13 +204,11 @@ def train_stage(params: dict) -> None:
             bases = _fold_bases(ds, split, p.mode, units)
             results.append(al.run_residual(store, split, text, bases, p.train, p.beyond))
         outputs[ds] = (results, store, _weights(store, text), units)
-    with atomic_path(RESULTS_DIR / "residual") as tmp:
-        tmp.mkdir()
-        for ds, (results, store, weights, names) in outputs.items():
-            meta = {"unit_names": names, "mode": p.mode, "beyond": p.beyond, "variance": p.variance}
-            if p.mode == "inject":
-                meta["inject_layers"] = sorted(p.inject_layers)
-            al.save_results(tmp / f"{ds}.npz", results, store.label, store.classes, weights, meta=meta)
+    for ds, (results, store, weights, names) in outputs.items():
+        meta = {"unit_names": names, "mode": p.mode, "beyond": p.beyond, "variance": p.variance}
+        if p.mode == "inject":
+            meta["inject_layers"] = sorted(p.inject_layers)
+        al.save_results(RESULTS_DIR / ds / "residual.npz", results, store.label, store.classes, weights, meta=meta)
 
 
 def _train_inject(ds: str, p: AlignmentParams):
@@ -288,8 +283,8 @@ class AblationParams:
         return cls(total, tuple(sorted(stages)), device, batch)
 
 
-def ablation_stage(params: dict, geometry: str | Path = "plots/geometry/heads.csv") -> None:
-    """Mean-ablation drops per head/block → plots/ablation/<dataset>.csv, metrics/ablation.json.
+def ablation_stage(params: dict, dataset: str, geometry: str | Path = "plots/geometry/heads.csv") -> None:
+    """Mean-ablation drops per head/block → plots/ablation/<dataset>.csv, metrics/<dataset>/ablation.json.
 
     With `ablation.total: true` the heads of `ablation.stages` are also ablated inside the
     forward pass (total effect, columns total_*), which needs the mel store and the model."""
@@ -297,7 +292,7 @@ def ablation_stage(params: dict, geometry: str | Path = "plots/geometry/heads.cs
 
     from .ablation import direct_total_correlation, fisher_correlation, mean_ablation
 
-    p = AlignmentParams.read(params)
+    p = AlignmentParams.read(params, dataset)
     q = AblationParams.read(params)
     tables, metrics = {}, {}
     geo = pd.read_csv(geometry) if Path(geometry).is_file() else None
@@ -331,7 +326,8 @@ def ablation_stage(params: dict, geometry: str | Path = "plots/geometry/heads.cs
     for ds, table in tables.items():
         with atomic_path(Path("plots/ablation") / f"{ds}.csv") as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
-    write_json("metrics/ablation.json", metrics)
+    for ds, block in metrics.items():
+        write_json(Path("metrics") / ds / "ablation.json", block)
 
 
 def _total_ablation(ds: str, p: AlignmentParams, q: AblationParams, splits: list[Split], text, table):

@@ -282,10 +282,9 @@ def resolve_checkpoint(value, models_dir: str | os.PathLike = "data/models") -> 
     raise ParamError(f"params: 'model.checkpoint' {value!r}: no {downloaded} and no such local file (run the download stage)")
 
 
-def run(params: dict, workdir: str | os.PathLike = ".") -> Path:
-    """The `extract` stage from params: data/mel/<dataset>.zarr -> data/heads/<dataset>.zarr."""
+def run(params: dict, dataset: str, workdir: str | os.PathLike = ".") -> Path:
+    """The `extract` stage of one dataset: data/mel/<dataset>.zarr -> data/heads/<dataset>.zarr."""
     workdir = Path(workdir)
-    dataset = get(params, "dataset")
     batch_size = get(params, "extract.batch_size")
     device = get(params, "extract.device", "auto")
     regimes = check_regimes(get(params, "extract.regimes", list(REGIMES)))

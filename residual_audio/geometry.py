@@ -431,9 +431,10 @@ def run(
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        table[HEAD_COLUMNS].to_csv(tmp / "heads.csv", index=False)
-        blocks.to_csv(tmp / "blocks.csv", index=False)
-        layers.to_csv(tmp / "layers.csv", index=False)
+        # `panel` labels the facets of the DVC plots: the dataset and the weights behind it
+        table[HEAD_COLUMNS].assign(panel=table["dataset"] + f" ({weights} weights)").to_csv(tmp / "heads.csv", index=False)
+        blocks.assign(panel=blocks["dataset"] + f" ({weights} weights)").to_csv(tmp / "blocks.csv", index=False)
+        layers.assign(panel=layers["dataset"] + f" ({weights} weights)").to_csv(tmp / "layers.csv", index=False)
         statistics.to_csv(tmp / "stats.csv", index=False)
         _write_specialization_tables(tmp, results, special)
         _write_class_norms(tmp, results)
@@ -449,8 +450,23 @@ def run(
                 store.dataset, weights, table[table["dataset"] == store.dataset], blocks[blocks["dataset"] == store.dataset],
                 layers[layers["dataset"] == store.dataset], sub, {r: special[store.dataset, r] for r in regimes}, figures,
             )  # fmt: skip
-        write_json(metrics_path, summary)
+        write_json(tmp / "summary.json", summary)  # every mean, the params and the entropy correlations
+        write_json(metrics_path, headline_metrics(summary))
     return summary
+
+
+HEADLINE_METRICS = ("pca99", "twonn")  # what `dvc metrics show` / `dvc exp show` carry per regime and stage
+
+
+def headline_metrics(summary: dict) -> dict:
+    """The few numbers a researcher compares across experiments: per dataset, regime and stage
+    the mean d_PCA99 and TwoNN over heads, and the weights flag (the rest stays in summary.json)."""
+    out: dict = {"weights": summary["weights"]}
+    for dataset, entry in summary["datasets"].items():
+        out[dataset] = {regime: {stage: {m: values[m] for m in HEADLINE_METRICS} for stage, values in stages.items()
+                                 if stage != "all"}
+                        for regime, stages in entry.items() if isinstance(stages, dict)}
+    return out
 
 
 def _head_index(result: RegimeGeometry) -> pd.DataFrame:
@@ -492,17 +508,13 @@ def config_from_params(params: dict, heads_dir: str | Path = "data/heads") -> di
     """Validate the `geometry:` block of params.yaml; return keyword arguments for `run`."""
     from residual_audio.params import ParamError, check, get
 
-    primary = get(params, "dataset")
-    compare = get(params, "geometry.compare", []) or []
-    check(isinstance(compare, list), "geometry.compare", "must be a list of dataset names (possibly empty)")
-    check(all(isinstance(d, str) and d for d in compare), "geometry.compare", "must hold dataset names (strings)")
-    datasets = [primary] + [d for d in compare if d != primary]
-    check(len(set(datasets)) == len(datasets), "geometry.compare", f"lists a dataset twice: {compare}")
+    from residual_audio.params import dataset_names
+
+    datasets = dataset_names(params)
     paths = [Path(heads_dir) / f"{name}.zarr" for name in datasets]
     for name, path in zip(datasets, paths):
         if not path.exists():
-            key = "dataset" if name == primary else "geometry.compare"
-            raise ParamError(f"params: '{key}' names '{name}', but its heads store {path} does not exist (run the extract stage for it)")
+            raise ParamError(f"params: 'datasets' names '{name}', but its heads store {path} does not exist (run the extract stage for it)")
 
     stores = [open_store(path) for path in paths]
 
@@ -535,7 +547,8 @@ def config_from_params(params: dict, heads_dir: str | Path = "data/heads") -> di
 
 def stage(params: dict, heads_dir: str | Path = "data/heads", out_dir: str | Path = "plots/geometry",
           metrics_path: str | Path = "metrics/geometry.json") -> dict:
-    """The `geometry` stage: tables, figures and metrics for `dataset` and `geometry.compare`."""
+    """The `geometry` stage: tables, figures and metrics for every dataset in `datasets`
+    (with two or more, the cross-dataset tables too)."""
     summary = run(out_dir=out_dir, metrics_path=metrics_path, **config_from_params(params, heads_dir))
     print(f"geometry: {', '.join(summary['datasets'])} (weights: {summary['weights']}) -> {out_dir}, {metrics_path}")
     return summary

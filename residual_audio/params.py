@@ -43,3 +43,23 @@ def check(condition: bool, key: str, message: str) -> None:
     """Raise ParamError('<key>: <message>') unless condition holds."""
     if not condition:
         raise ParamError(f"params: '{key}' {message}")
+
+
+def dataset_names(params: dict) -> list[str]:
+    """The validated `datasets` list: distinct names of known datasets, at least one."""
+    from .datasets import DATASETS
+
+    names = get(params, "datasets")
+    check(isinstance(names, list) and names and all(isinstance(n, str) for n in names), "datasets",
+          f"must be a non-empty list of dataset names ({', '.join(DATASETS)}), got {names!r}")
+    unknown = [n for n in names if n not in DATASETS]
+    check(not unknown, "datasets", f"names unknown dataset(s) {unknown}; known datasets: {', '.join(DATASETS)}")
+    check(len(set(names)) == len(names), "datasets", f"lists a dataset twice: {names}")
+    return list(names)
+
+
+def check_dataset(params: dict, name: str) -> str:
+    """`name` (a per-dataset stage's argument), checked to be listed in `datasets`."""
+    names = dataset_names(params)
+    check(name in names, "datasets", f"does not list {name!r} (it lists {', '.join(names)})")
+    return name

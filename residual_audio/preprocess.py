@@ -132,15 +132,14 @@ def preprocess(
     return dict(timings)
 
 
-def run(params: dict, workdir: str | Path = ".") -> Path:
-    """The `preprocess` stage: the dataset named by `dataset` into data/mel/<dataset>.zarr."""
+def run(params: dict, name: str, workdir: str | Path = ".") -> Path:
+    """The `preprocess` stage of dataset `name`: data/raw/<name>/ into data/mel/<name>.zarr."""
     from . import datasets
     from .clap import checkpoint_from
     from .params import check, get
 
     workdir = Path(workdir)
-    name = get(params, "dataset")
-    check(isinstance(name, str) and name in datasets.DATASETS, "dataset",
+    check(isinstance(name, str) and name in datasets.DATASETS, "datasets",
           f"is {name!r}; known datasets: {', '.join(datasets.DATASETS)}")
     config = get(params, f"data.{name}", {}) or {}
     options = {k: v for k, v in config.items() if k not in ("source", "sha256", "limit")}

@@ -3,6 +3,7 @@ learned λ per unit and the method × dataset comparison, all from the stored te
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,24 +22,26 @@ def _csv(path: Path, frame: pd.DataFrame) -> None:
         frame.to_csv(tmp, index=False, float_format="%.6g")
 
 
-def collect(datasets, results_dir: Path) -> dict:
-    """{dataset: {method: (result dict, method name)}} from the baselines and residual stages."""
+def collect(dataset: str, results_dir: Path) -> dict:
+    """{method: result dict} from every results file of one dataset (data/results/<dataset>/*.npz)."""
+    directory = results_dir / dataset
+    files = sorted(directory.glob("*.npz")) if directory.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"{directory}: no results (run the 'train' stage for {dataset})")
     out = {}
-    for ds in datasets:
-        out[ds] = {}
-        for stage in ("baselines", "residual"):
-            res = al.load_results(results_dir / stage / f"{ds}.npz")
-            for m in res["methods"]:
-                out[ds][str(m)] = res
+    for path in files:
+        res = al.load_results(path)
+        for m in res["methods"]:
+            out[str(m)] = res
     return out
 
 
-def lambda_table(res: dict) -> pd.DataFrame:
+def lambda_table(res: dict, method: str = "residual") -> pd.DataFrame:
     """Per fold and unit: component count and the λ summary (mean weighted by explained variance)."""
     names = res["meta"]["unit_names"]
     rows = []
     for fold in res["folds"]:
-        lam, owner, expl = (res[f"residual/{fold}/{k}"] for k in ("lam", "owner", "explained"))
+        lam, owner, expl = (res[f"{method}/{fold}/{k}"] for k in ("lam", "owner", "explained"))
         for u, name in enumerate(names):
             sel = owner == u
             w = expl[sel]
@@ -49,12 +52,12 @@ def lambda_table(res: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def component_table(res: dict) -> pd.DataFrame:
+def component_table(res: dict, method: str = "residual") -> pd.DataFrame:
     """Per fold and kept component: its unit, rank within the unit, explained variance and learned λ."""
     names = res["meta"]["unit_names"]
     frames = []
     for fold in res["folds"]:
-        lam, owner, expl = (np.asarray(res[f"residual/{fold}/{k}"]) for k in ("lam", "owner", "explained"))
+        lam, owner, expl = (np.asarray(res[f"{method}/{fold}/{k}"]) for k in ("lam", "owner", "explained"))
         starts = np.r_[0, np.flatnonzero(np.diff(owner)) + 1]
         rank = np.arange(len(owner)) - np.repeat(starts, np.diff(np.r_[starts, len(owner)]))
         units = [parse_unit(names[u]) for u in owner]
@@ -110,56 +113,101 @@ def plot_lambda(table: pd.DataFrame, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def evaluate_stage(params: dict, results_dir: Path = Path("data/results")) -> None:
-    datasets = [get(params, "dataset")]
-    data = collect(datasets, results_dir)
-    per_method, fold_rows, learning, comparison = {}, [], [], []
-    lambda_tables, component_tables = {}, {}
-    for ds, methods in data.items():
-        for method in al.METHODS:
-            if method not in methods:
-                continue
-            res = methods[method]
-            folds = [str(f) for f in res["folds"]]
-            scores = al.fold_scores(res[f"{method}/logits"], res["labels"], res[f"{method}/fold_of"], len(folds))
-            block = al.metric_block(scores, res[f"{method}/params"], str(res["weights"]), folds)
-            per_method.setdefault(method, {})[ds] = block
-            for i, f in enumerate(folds):
-                fold_rows.append(dict(dataset=ds, method=method, fold=f, accuracy=scores["accuracy"][i],
-                                      top5=scores["top5"][i], params=int(res[f"{method}/params"][i]), weights=block["weights"]))
-            comparison.append(dict(method=method, dataset=ds, accuracy=block["accuracy"]["mean"], std=block["accuracy"]["std"],
-                                   top5=block["top5"]["mean"], params=block["params"], weights=block["weights"]))
-            learning += [dict(dataset=ds, **row) for row in res["history"] if row["method"] == method and "epoch" in row]
-        if "residual" in methods:
-            lambda_tables[ds] = lambda_table(methods["residual"])
-            component_tables[ds] = component_table(methods["residual"])
+def method_order(methods) -> list[str]:
+    """Known methods in their canonical order, then any others alphabetically."""
+    known = [m for m in al.METHODS if m in methods]
+    return known + sorted(set(methods) - set(known))
 
-    primary = datasets[0]
-    for method, blocks in per_method.items():
-        write_json(METRICS_DIR / f"{method}.json", dict(blocks[primary], dataset=primary))
-    _csv(PLOTS_DIR / "folds.csv", pd.DataFrame(fold_rows))
-    _csv(PLOTS_DIR / "learning.csv", pd.DataFrame(learning))
-    table = pd.DataFrame(comparison)
-    old = PLOTS_DIR / "comparison.csv"  # persistent: one run per dataset fills in its own rows
-    if old.is_file():
-        previous = pd.read_csv(old)
-        table = pd.concat([previous[~previous.dataset.isin(datasets)], table], ignore_index=True)
-    table = table.sort_values(["dataset", "method"], kind="stable").reset_index(drop=True)
-    _csv(PLOTS_DIR / "comparison.csv", table)
-    write_text(METRICS_DIR / "comparison.md", comparison_markdown(table))
-    for method, res in data[primary].items():
+
+def evaluate_stage(params: dict, dataset: str, results_dir: Path = Path("data/results")) -> str:
+    """Metrics and plots of one dataset from its stored test logits.
+
+    Writes metrics/<dataset>/alignment.json (the headline numbers DVC compares: accuracy mean
+    and std, trainable parameters, per method), plots/alignment/<dataset>/methods/<method>.json
+    (per fold details) and plots/alignment/<dataset>/ (folds, learning curves, per-class recall,
+    λ tables and figures under lambda/).
+    """
+    from .logs import progress
+
+    methods = collect(dataset, results_dir)
+    out_plots, out_metrics = PLOTS_DIR / dataset, METRICS_DIR / dataset
+    headline, details, fold_rows, learning, recall_rows, comparison = {}, {}, [], [], [], []
+    weights = set()
+    for method in progress(method_order(methods), desc=f"evaluate {dataset}"):
+        res = methods[method]
+        folds = [str(f) for f in res["folds"]]
+        scores = al.fold_scores(res[f"{method}/logits"], res["labels"], res[f"{method}/fold_of"], len(folds))
+        block = al.metric_block(scores, res[f"{method}/params"], str(res["weights"]), folds)
+        weights.add(block["weights"])
+        details[method] = dict(block, dataset=dataset)
+        headline[method] = {"accuracy": round(block["accuracy"]["mean"], 6), "std": round(block["accuracy"]["std"], 6),
+                            "params": block["params"]}
+        for i, f in enumerate(folds):
+            fold_rows.append(dict(method=method, fold=f, label=f"{method} · {f}", accuracy=scores["accuracy"][i],
+                                  top5=scores["top5"][i], params=int(res[f"{method}/params"][i])))
+        learning += [dict(method=method, **{k: v for k, v in row.items() if k != "method"})
+                     for row in res["history"] if row["method"] == method and "epoch" in row]
         classes = [str(c) for c in res["classes"]]
         pred = np.nan_to_num(res[f"{method}/logits"], nan=-np.inf).argmax(1)
-        _csv(PLOTS_DIR / "confusion" / f"{method}.csv",
-             pd.DataFrame({"actual": [classes[i] for i in res["labels"]], "predicted": [classes[i] for i in pred]}))
-    for ds, lt in lambda_tables.items():
-        _csv(PLOTS_DIR / f"lambda_{ds}.csv", lt)
-        weights = per_method["residual"][ds]["weights"]
-        plot_lambda(lt, PLOTS_DIR / f"lambda_{ds}.png", f"ResiDual λ per head — {ds} ({weights} weights)")
-        ct = component_tables[ds]
-        _csv(PLOTS_DIR / f"lambda_components_{ds}.csv", ct)
-        plot_lambda_components(ct, PLOTS_DIR / f"lambda_components_{ds}.png",
-                               f"Which components ResiDual amplified or suppressed — {ds} ({weights} weights)")
+        for c, name in enumerate(classes):
+            sel = res["labels"] == c
+            if sel.any():
+                recall_rows.append(dict(method=method, cls=name, recall=float((pred[sel] == c).mean())))
+        comparison.append(dict(method=method, dataset=dataset, accuracy=block["accuracy"]["mean"],
+                               std=block["accuracy"]["std"], top5=block["top5"]["mean"], params=block["params"],
+                               weights=block["weights"]))
+    weight = "random" if "random" in weights else "pretrained"
+    write_json(out_metrics / "alignment.json", {"weights": weight, **headline})
+    with atomic_path(out_plots / "methods") as tmp:
+        tmp.mkdir(parents=True)
+        for method, block in details.items():
+            write_json(tmp / f"{method}.json", block)
+    panel = f"{dataset} ({weight} weights)"
+    _csv(out_plots / "folds.csv", pd.DataFrame(fold_rows).assign(panel=panel))
+    learning_frame = pd.DataFrame(learning)
+    if not learning_frame.empty:  # one panel per method in `dvc plots show`, one line per fold
+        learning_frame["panel"] = learning_frame["method"] + f" ({weight} weights)"
+    _csv(out_plots / "learning.csv", learning_frame)
+    recall = pd.DataFrame(recall_rows)
+    _csv(out_plots / "recall.csv", recall.assign(panel=recall["method"] + f" ({weight} weights)") if len(recall) else recall)
+    with atomic_path(out_plots / "lambda") as tmp:
+        tmp.mkdir(parents=True)
+        for method, res in methods.items():
+            if f"{method}/{res['folds'][0]}/lam" in res and "unit_names" in res["meta"]:
+                lt, ct = lambda_table(res, method), component_table(res, method)
+                _csv(tmp / f"{method}.csv", lt)
+                plot_lambda(lt, tmp / f"{method}.png", f"{method}: λ per head — {dataset} ({weight} weights)")
+                _csv(tmp / f"{method}_components.csv", ct)
+                plot_lambda_components(ct, tmp / f"{method}_components.png",
+                                       f"{method}: which components were amplified or suppressed — {dataset} ({weight} weights)")
+    table = pd.DataFrame(comparison)
+    print(comparison_markdown(table), end="")
+    return str(out_metrics / "alignment.json")
+
+
+def compare_stage(params: dict, metrics_dir: Path = METRICS_DIR) -> str:
+    """The method × dataset table, a pure function of every listed dataset's plots/alignment/<dataset>/methods/*.json."""
+    from .params import dataset_names
+
+    rows = []
+    for ds in dataset_names(params):
+        directory = PLOTS_DIR / ds / "methods"
+        files = sorted(directory.glob("*.json")) if directory.is_dir() else []
+        if not files:
+            raise FileNotFoundError(f"{directory}: no per-method metrics (run the 'evaluate' stage for {ds})")
+        for path in files:
+            block = json.loads(path.read_text())
+            rows.append(dict(method=path.stem, dataset=ds, accuracy=block["accuracy"]["mean"], std=block["accuracy"]["std"],
+                             top5=block["top5"]["mean"], params=block["params"], weights=block["weights"]))
+    table = pd.DataFrame(rows)
+    order = {m: i for i, m in enumerate(method_order(table.method.unique()))}
+    table = table.sort_values(["dataset", "method"], key=lambda c: c.map(order) if c.name == "method" else c,
+                              kind="stable").reset_index(drop=True)
+    _csv(Path("plots/comparison.csv"), table)
+    text = comparison_markdown(table)
+    write_text(metrics_dir / "comparison.md", text)
+    print(text, end="")
+    return str(metrics_dir / "comparison.md")
 
 
 def comparison_markdown(table: pd.DataFrame) -> str:
@@ -173,6 +221,6 @@ def comparison_markdown(table: pd.DataFrame) -> str:
     lines = [f"Top-1 accuracy, mean ± std over folds (weights: {', '.join(weights)})", "",
              "| method | " + " | ".join(wide.columns) + " | trainable params |",
              "| --- | " + " | ".join("---" for _ in wide.columns) + " | --- |"]
-    order = [m for m in al.METHODS if m in wide.index]
+    order = method_order(wide.index)
     lines += [f"| {m} | " + " | ".join(str(wide.loc[m, c]) for c in wide.columns) + f" | {params[m]:,} |" for m in order]
     return "\n".join(lines) + "\n"

@@ -4,10 +4,11 @@ unwinds like an interrupted one, so atomic writers leave nothing half-written.""
 
 from __future__ import annotations
 
+import argparse
+import os
 import signal
 import sys
 from pathlib import Path
-from typing import Callable
 
 from .params import load_params
 
@@ -25,12 +26,53 @@ def expected_errors() -> tuple[type[BaseException], ...]:
             ParamError, TextCacheError, FileNotFoundError)
 
 
-def main(name: str, run: Callable[[dict], object], params_path: str = "params.yaml") -> None:
-    """Run `run(params)` as stage `name`, turning expected errors into a one-line exit message."""
+def _parser(stage) -> argparse.ArgumentParser:
+    from .cli import stage_help
+
+    parser = argparse.ArgumentParser(prog=f"stages/{stage.name}.py", add_help=False)
+    parser.add_argument("-h", "--help", action="store_true")
+    if stage.per_dataset:
+        parser.add_argument("dataset", nargs="?")
+    parser.add_argument("--params", default="params.yaml", help=argparse.SUPPRESS)
+    parser.format_help = lambda: stage_help(stage) + "\n"  # type: ignore[method-assign]
+    return parser
+
+
+def run_stage(name: str, argv: list[str] | None = None) -> None:
+    """Run stage `name` with command-line arguments `argv` (`[<dataset>] [--help]`)."""
+    from .cli import STAGES, resolve, stage_help
+    from .logs import quiet_libraries
+
+    stage = STAGES[name]
+    args = _parser(stage).parse_args(sys.argv[1:] if argv is None else argv)
+    if args.help:
+        try:
+            params = load_params(args.params)
+        except Exception:  # help never fails on a broken params file
+            params = None
+        print(stage_help(stage, params))
+        return
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    quiet_libraries()
+    if not sys.stderr.isatty():  # no progress-bar animation in log files
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    label = f"{name}@{args.dataset}" if stage.per_dataset and args.dataset else name
     try:
-        result = run(load_params(params_path))
+        params = load_params(args.params)
+        if stage.per_dataset:
+            from .params import ParamError, check_dataset
+
+            if not args.dataset:
+                raise ParamError(f"{name} runs per dataset: give one of `datasets` (python stages/{name}.py <dataset>)")
+            result = resolve(stage)(params, check_dataset(params, args.dataset))
+        else:
+            result = resolve(stage)(params)
     except expected_errors() as exc:
-        sys.exit(f"{name}: {exc}")
+        sys.exit(f"{label}: {exc}")
     if isinstance(result, (str, Path)):
-        print(f"{name}: wrote {result}")
+        print(f"{label}: wrote {result}")
+
+
+def main(name: str) -> None:
+    """Entry of `stages/<name>.py`."""
+    run_stage(name)

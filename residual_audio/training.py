@@ -111,8 +111,10 @@ def _range_test(model, inputs, labels, cfg, lo, hi, steps) -> float:
     return float(lrs[int(np.argmin(smooth))]) / 10
 
 
-def train(model, train_inputs: tuple, train_labels, val_inputs: tuple, val_labels, cfg: TrainConfig, desc="train"):
-    """Fit the trainable parameters; returns (history rows, chosen lr). The model ends at its best epoch."""
+def train(model, train_inputs: tuple, train_labels, val_inputs: tuple, val_labels, cfg: TrainConfig, desc="train",
+          on_epoch=None):
+    """Fit the trainable parameters; returns (history rows, chosen lr). The model ends at its best epoch.
+    `on_epoch(row)` is called with each epoch's history row as soon as it is known (live logging)."""
     cfg.check()
     model.eval()  # the frozen parts never switch to training behaviour
     train_labels = torch.as_tensor(train_labels, dtype=torch.long)
@@ -126,6 +128,8 @@ def train(model, train_inputs: tuple, train_labels, val_inputs: tuple, val_label
     val_loss, val_acc, _ = evaluate(model, val_inputs, val_labels, cfg.eval_batch) if has_val else (float("nan"),) * 2 + (None,)
     train_loss, train_acc, _ = evaluate(model, train_inputs, train_labels, cfg.eval_batch)
     history = [dict(epoch=0, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc, lr=lr)]
+    if on_epoch is not None:
+        on_epoch(history[0])
     best = (val_loss, copy.deepcopy(model.state_dict()))
     bad = 0
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -148,6 +152,8 @@ def train(model, train_inputs: tuple, train_labels, val_inputs: tuple, val_label
         else:
             row["val_loss"], row["val_acc"] = float("nan"), float("nan")
         history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
         if not has_val:
             best = (float("nan"), copy.deepcopy(model.state_dict()))
             continue

@@ -1,12 +1,11 @@
-"""DVC stage `train`: Train ResiDual's lambda on every fold."""
+"""DVC stage `train` (`python stages/train.py <dataset>`; `--help` says what it reads and writes)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from residual_audio.experiment import train_stage  # noqa: E402
 from residual_audio.stage import main  # noqa: E402
 
 if __name__ == "__main__":
-    main("train", train_stage)
+    main("train")
