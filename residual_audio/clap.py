@@ -26,6 +26,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+from .logs import quiet_libraries  # noqa: E402
+
+quiet_libraries()  # laion_clap's HTS-AT calls torch.meshgrid without `indexing` when it is built
+
 ROBERTA_BASE = dict(
     vocab_size=50265,
     max_position_embeddings=514,

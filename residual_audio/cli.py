@@ -68,7 +68,9 @@ def _param_lines(stage: Stage, params: dict | None) -> list[str]:
     for key in stage.params:
         value = "(see params.yaml)"
         if params is not None and "${item}" not in key:
-            value = repr(get(params, key, "(not set)"))
+            missing = object()
+            found = get(params, key, missing)
+            value = "(not set)" if found is missing else repr(found)
         lines.append(f"  {key:<28} {value}")
     return lines
 

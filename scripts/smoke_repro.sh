@@ -18,7 +18,7 @@ git init -q && git add -A && git -c user.name=ci -c user.email=ci@localhost comm
 
 shared="${RESIDUAL_AUDIO_SHARED:-$repo/../shared}/data"
 python scripts/make_tone_dataset.py "$work/tones" >/dev/null
-set -- -S model.checkpoint=random -S dataset=folder -S "data.folder.source=$work/tones"
+set -- -S model.checkpoint=random -S 'datasets=[folder]' -S "data.folder.source=$work/tones"
 targets=()
 if [ -d "$shared/roberta-base" ]; then
   set -- "$@" -S "model.tokenizer=$shared/roberta-base"

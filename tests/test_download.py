@@ -333,7 +333,7 @@ def test_missing_tokenizer_file_is_named(tmp_path):
 
 def stage_params(source, **extra) -> dict:
     params = {
-        "dataset": "esc50",
+        "datasets": ["esc50"],
         "data": {"esc50": {"source": source, "limit": None}, "folder": {"source": None, "csv": None}},
         "model": {"checkpoint": "random", "variant": "tiny", "tokenizer": None},
     }
@@ -346,7 +346,7 @@ def test_run_fills_raw_and_models(esc_tree, tmp_path):
     tok = fake_tokenizer(tmp_path / "tok")
     params = stage_params(str(esc_tree))
     params["model"]["tokenizer"] = str(tok)
-    result = run(params, work)
+    result = run(params, "esc50", work)
     assert result["data"]["clips"] == 12
     assert len(list_clips("esc50", work / "data" / "raw" / "esc50")[0]) == 12
     assert (work / "data" / "models" / "tokenizer" / "vocab.json").is_file()
@@ -360,7 +360,7 @@ def test_run_resolves_relative_paths_against_the_project(esc_tree, tmp_path):
     shutil.copytree(esc_tree, work / "files" / "esc")
     params = stage_params("files/esc")
     params["model"].update(checkpoint="files/model.pt", tokenizer="files/tok")
-    result = run(params, work)
+    result = run(params, "esc50", work)
     assert result["data"]["clips"] == 12 and result["model"]["weights"] == "pretrained"
     assert (work / "data" / "models" / "checkpoint.pt").read_bytes() == b"weights"
 
@@ -378,7 +378,7 @@ def test_official_checkpoint_name_stands_for_its_url(esc_tree, tmp_path, monkeyp
 
     monkeypatch.setattr(download, "download_url", no_network)
     with pytest.raises(DownloadError, match="huggingface.co/lukewys/laion_clap/resolve/main/630k-audioset-best.pt"):
-        run(params, tmp_path)
+        run(params, "esc50", tmp_path)
     assert seen == ["https://huggingface.co/lukewys/laion_clap/resolve/main/630k-audioset-best.pt"]
     assert not (tmp_path / "data" / "models").exists()
 
@@ -393,20 +393,20 @@ def test_interrupted_run_leftovers_are_removed(esc_tree, tmp_path):
 
 
 def test_run_unknown_dataset(tmp_path):
-    with pytest.raises(ParamError, match="'dataset'.*audioset.*esc50, tinysol, vocalsound, folder"):
-        run(stage_params("x", dataset="audioset"), tmp_path)
+    with pytest.raises(ParamError, match="'datasets'.*audioset.*esc50, tinysol, vocalsound, folder"):
+        run(stage_params("x"), "audioset", tmp_path)
 
 
 def test_run_folder_needs_a_source(tmp_path):
     with pytest.raises(ParamError, match="data.folder.source"):
-        run(stage_params("x", dataset="folder"), tmp_path)
+        run(stage_params("x"), "folder", tmp_path)
 
 
 def test_run_unknown_dataset_option(esc_tree, tmp_path):
     params = stage_params(str(esc_tree))
     params["data"]["esc50"]["folds"] = [4]
     with pytest.raises(ParamError, match="data.esc50.*folds"):
-        run(params, tmp_path)
+        run(params, "esc50", tmp_path)
     assert not (tmp_path / "data").exists()
 
 
@@ -416,25 +416,29 @@ def test_stage_script(esc_tree, tmp_path):
     work.mkdir()
     (work / "params.yaml").write_text(yaml.safe_dump(stage_params(str(esc_tree))))
     script = str(REPO / "stages" / "download.py")
-    done = subprocess.run([sys.executable, script], cwd=work, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, script, "esc50"], cwd=work, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (work / "data" / "raw" / "esc50" / "manifest.json").is_file()
     (work / "params.yaml").write_text(yaml.safe_dump(stage_params(str(tmp_path / "absent"))))
-    done = subprocess.run([sys.executable, script], cwd=work, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, script, "esc50"], cwd=work, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
-    assert "download: data.esc50.source:" in done.stderr and "absent" in done.stderr
+    assert "download@esc50: data.esc50.source:" in done.stderr and "absent" in done.stderr
 
 
 def test_params_and_dvc_stage_agree():
     """Every param the stage declares exists in params.yaml, and the defaults are the official sources."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["download"]
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     from residual_audio.download import OFFICIAL_SOURCES, TOKENIZER_BASE_URL
     from residual_audio.params import get
 
-    for key in stage["params"]:
+    for name in params["datasets"]:
+        for key in stages["download"]["do"]["params"]:
+            get(params, key.replace("${item}", name))
+    for key in stages["model"]["params"]:
         get(params, key)
-    assert stage["cmd"] == "python stages/download.py"
+    assert stages["download"]["do"]["cmd"] == "python stages/download.py ${item}"
+    assert stages["model"]["cmd"] == "python stages/model.py"
     assert params["data"]["esc50"]["source"] == OFFICIAL_SOURCES["esc50"][0]
     assert params["data"]["tinysol"]["source"] == OFFICIAL_SOURCES["tinysol"]
     assert params["data"]["vocalsound"]["source"] == OFFICIAL_SOURCES["vocalsound"][0]

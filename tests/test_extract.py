@@ -183,9 +183,9 @@ def test_stage_run_from_params_and_param_errors(model, mel_store, tmp_path, monk
 
     shutil.copytree(mel_store, tmp_path / "data" / "mel" / "toy.zarr")
     monkeypatch.setattr(ex, "load_model", lambda checkpoint, variant=None: model)
-    params = {"dataset": "toy", "model": {"checkpoint": "random", "variant": "tiny"},
+    params = {"datasets": ["folder"], "model": {"checkpoint": "random", "variant": "tiny"},
               "extract": {"batch_size": 5, "device": "cpu", "regimes": ["post"]}}
-    out = ex.run(params, tmp_path)
+    out = ex.run(params, "toy", tmp_path)
     g = zarr.open_group(out, mode="r")
     assert out == tmp_path / "data" / "heads" / "toy.zarr"
     assert g.attrs["params"]["extract"] == {"batch_size": 5, "device": "cpu", "regimes": ["post"]}
@@ -205,11 +205,9 @@ def test_stage_run_from_params_and_param_errors(model, mel_store, tmp_path, monk
         ("model.checkpoint", str(tmp_path / "missing.pt"), "model.checkpoint"),
     ]:
         with pytest.raises(ParamError, match=message.replace(".", r"\.")):
-            ex.run(with_(key, value), tmp_path)
-    with pytest.raises(ParamError, match="'dataset'"):
-        ex.run({k: v for k, v in params.items() if k != "dataset"}, tmp_path)
+            ex.run(with_(key, value), "toy", tmp_path)
     with pytest.raises(ex.MelStoreError, match="mel store not found"):
-        ex.run({**params, "dataset": "absent"}, tmp_path)
+        ex.run(params, "absent", tmp_path)
 
 
 def test_stage_entry_point_reports_a_missing_mel_store(tmp_path):
@@ -217,9 +215,9 @@ def test_stage_entry_point_reports_a_missing_mel_store(tmp_path):
     import sys
 
     (tmp_path / "params.yaml").write_text(
-        "dataset: nothing\nmodel: {checkpoint: random, variant: tiny}\nextract: {batch_size: 4, device: cpu}\n")
+        "datasets: [folder]\nmodel: {checkpoint: random, variant: tiny}\nextract: {batch_size: 4, device: cpu}\n")
     script = Path(__file__).resolve().parents[1] / "stages" / "extract.py"
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, str(script), "folder"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
-    assert "extract:" in proc.stderr and "data/mel/nothing.zarr" in proc.stderr and "not found" in proc.stderr
+    assert "extract@folder:" in proc.stderr and "data/mel/folder.zarr" in proc.stderr and "not found" in proc.stderr
     assert not (tmp_path / "data" / "heads").exists()

@@ -19,8 +19,8 @@ from residual_audio.params import ParamError
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("heads")
-    truth_a = write_heads_store(root / "alpha.zarr", dataset="alpha", n_clips=240, duplicate_clips=4, seed=0)
-    truth_b = write_heads_store(root / "beta.zarr", dataset="beta", n_clips=200, seed=1)
+    truth_a = write_heads_store(root / "esc50.zarr", dataset="esc50", n_clips=240, duplicate_clips=4, seed=0)
+    truth_b = write_heads_store(root / "tinysol.zarr", dataset="tinysol", n_clips=200, seed=1)
     return root, truth_a, truth_b
 
 
@@ -38,8 +38,8 @@ def run_outputs(stores, tmp_path_factory):
 
     geometry_figures._save = recording_save
     try:
-        with pytest.warns(intrinsic.DuplicatePointsWarning, match="alpha.zarr"):
-            summary = geometry.run([root / "alpha.zarr", root / "beta.zarr"], out / "plots", out / "metrics.json")
+        with pytest.warns(intrinsic.DuplicatePointsWarning, match="esc50.zarr"):
+            summary = geometry.run([root / "esc50.zarr", root / "tinysol.zarr"], out / "plots", out / "metrics.json")
     finally:
         geometry_figures._save = save
     return out, summary, titles
@@ -47,7 +47,7 @@ def run_outputs(stores, tmp_path_factory):
 
 def test_per_head_dimensions_match_the_construction(stores):
     root, truth, _ = stores
-    store = geometry.open_store(root / "alpha.zarr")
+    store = geometry.open_store(root / "esc50.zarr")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", intrinsic.DuplicatePointsWarning)
         for regime in ("pre", "post"):
@@ -63,7 +63,7 @@ def test_per_head_dimensions_match_the_construction(stores):
 
 def test_fisher_separates_the_discriminative_head(stores):
     root, truth, _ = stores
-    store = geometry.open_store(root / "alpha.zarr")
+    store = geometry.open_store(root / "esc50.zarr")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", intrinsic.DuplicatePointsWarning)
         table = geometry.analyse_regime(store, "post").table
@@ -151,23 +151,29 @@ def test_specialization_groups_heads_with_the_same_spectrum():
 def test_run_writes_every_table_figure_and_metric(run_outputs, stores):
     out, summary, titles = run_outputs
     heads = pd.read_csv(out / "plots" / "heads.csv")
-    assert list(heads.columns) == geometry.HEAD_COLUMNS
+    assert list(heads.columns) == geometry.HEAD_COLUMNS + ["panel"]
     n_heads = len(stores[1]["rows"])
     assert len(heads) == 2 * 2 * n_heads
-    assert set(heads.dataset) == {"alpha", "beta"} and set(heads.regime) == {"pre", "post"}
+    assert set(heads.dataset) == {"esc50", "tinysol"} and set(heads.regime) == {"pre", "post"}
     for name in ("blocks.csv", "layers.csv", "stats.csv", "fingerprints.csv", "class_activation.csv",
-                 "cross_dataset.csv", "cross_dataset_heads.csv", "similarity_alpha_pre.csv"):  # fmt: skip
+                 "cross_dataset.csv", "cross_dataset_heads.csv", "similarity_esc50_pre.csv"):  # fmt: skip
         assert (out / "plots" / name).stat().st_size > 0, name
     layers = pd.read_csv(out / "plots" / "layers.csv")
     assert {"d_PCA90_mean", "d_PCA99_std", "TwoNN_mean", "PR_mean", "EffRank_mean", "EVR1_std"} <= set(layers.columns)
     stats_table = pd.read_csv(out / "plots" / "stats.csv")
     assert {"anova", "tukey_hsd", "welch_t_bonferroni", "spearman_depth"} <= set(stats_table.test)
 
+    full = json.loads((out / "plots" / "summary.json").read_text())
+    assert full == json.loads(json.dumps(summary))
+    assert full["weights"] == "random"
+    assert set(full["datasets"]) == {"esc50", "tinysol"}
+    assert full["datasets"]["esc50"]["pre"]["stage0"]["pca99"] == pytest.approx(2.0)
+    # DVC's metrics file: the headline means only, per dataset, regime and stage, and the weights flag
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics == json.loads(json.dumps(summary))
-    assert metrics["weights"] == "random"
-    assert set(metrics["datasets"]) == {"alpha", "beta"}
-    assert metrics["datasets"]["alpha"]["pre"]["stage0"]["pca99"] == pytest.approx(2.0)
+    assert metrics["weights"] == "random" and set(metrics) == {"weights", "esc50", "tinysol"}
+    assert metrics["esc50"]["pre"]["stage0"] == {"pca99": pytest.approx(2.0), "twonn": full["datasets"]["esc50"]["pre"]["stage0"]["twonn"]}
+    leaves = [v for ds in ("esc50", "tinysol") for r in metrics[ds].values() for st in r.values() for v in st.values()]
+    assert len(leaves) == 2 * 2 * 4 * 2
 
     pngs = sorted(p.relative_to(out / "plots" / "figures").as_posix() for p in (out / "plots" / "figures").rglob("*.png"))
     assert len(pngs) == 1 + 2 * 11 and "cross_dataset.png" in pngs
@@ -184,7 +190,7 @@ def test_a_failing_run_writes_nothing(stores, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", intrinsic.DuplicatePointsWarning)
         with pytest.raises(geometry.StoreError, match="heads/post/stage2.*NaN"):
-            geometry.run([root / "beta.zarr", broken], tmp_path / "plots", tmp_path / "metrics.json")
+            geometry.run([root / "tinysol.zarr", broken], tmp_path / "plots", tmp_path / "metrics.json")
     assert not (tmp_path / "plots").exists() and not (tmp_path / "metrics.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["broken.zarr"]
 
@@ -211,27 +217,28 @@ def test_store_errors_name_the_file_and_key(tmp_path):
 
 def test_params_are_validated_with_the_key_named(stores):
     root, *_ = stores
-    good = {"dataset": "alpha", "geometry": {"compare": [], "regimes": ["pre"], "mle_k": 10, "twonn_discard": 0.1}}
+    good = {"datasets": ["esc50"], "geometry": {"regimes": ["pre"], "mle_k": 10, "twonn_discard": 0.1}}
     config = geometry.config_from_params(good, root)
-    assert config["store_paths"] == [root / "alpha.zarr"] and config["regimes"] == ["pre"]
-    both = geometry.config_from_params({**good, "geometry": {**good["geometry"], "compare": ["beta"]}}, root)
-    assert both["store_paths"] == [root / "alpha.zarr", root / "beta.zarr"]
+    assert config["store_paths"] == [root / "esc50.zarr"] and config["regimes"] == ["pre"]
+    both = geometry.config_from_params({**good, "datasets": ["esc50", "tinysol"]}, root)
+    assert both["store_paths"] == [root / "esc50.zarr", root / "tinysol.zarr"]
     bad = [
-        ({"compare": ["gamma"]}, r"geometry\.compare.*gamma.*gamma\.zarr"),
-        ({"compare": "beta"}, r"geometry\.compare"),
-        ({"compare": ["beta", "beta"]}, r"geometry\.compare.*twice"),
-        ({"regimes": ["middle"]}, r"geometry\.regimes.*middle"),
-        ({"mle_k": 1}, r"geometry\.mle_k"),
-        ({"compare": ["beta"], "mle_k": 199}, r"geometry\.mle_k.*clips"),
-        ({"twonn_discard": 0.7}, r"geometry\.twonn_discard"),
-        ({"duplicate_rtol": 0}, r"geometry\.duplicate_rtol"),
+        ({"datasets": ["esc50", "vocalsound"]}, r"'datasets' names 'vocalsound'.*vocalsound\.zarr"),
+        ({"datasets": "tinysol"}, r"'datasets'"),
+        ({"datasets": ["tinysol", "tinysol"]}, r"'datasets'.*twice"),
+        ({"datasets": ["audioset"]}, r"'datasets'.*audioset"),
+        ({"geometry": {"regimes": ["middle"]}}, r"geometry\.regimes.*middle"),
+        ({"geometry": {"mle_k": 1}}, r"geometry\.mle_k"),
+        ({"datasets": ["esc50", "tinysol"], "geometry": {"mle_k": 199}}, r"geometry\.mle_k.*clips"),
+        ({"geometry": {"twonn_discard": 0.7}}, r"geometry\.twonn_discard"),
+        ({"geometry": {"duplicate_rtol": 0}}, r"geometry\.duplicate_rtol"),
     ]
     for change, message in bad:
+        params = {**good, **change}
+        params["geometry"] = {**good["geometry"], **change.get("geometry", {})}
         with pytest.raises(ParamError, match=message):
-            geometry.config_from_params({**good, "geometry": {**good["geometry"], **change}}, root)
-    with pytest.raises(ParamError, match="'dataset' names 'gamma'"):
-        geometry.config_from_params({**good, "dataset": "gamma"}, root)
-    with pytest.raises(ParamError, match="'dataset'"):
+            geometry.config_from_params(params, root)
+    with pytest.raises(ParamError, match="'datasets'"):
         geometry.config_from_params({"other": {}}, root)
 
 
@@ -243,14 +250,18 @@ def test_stage_entry_point_runs_from_params_yaml(stores, tmp_path, monkeypatch):
     root, *_ = stores
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "heads").symlink_to(root)
-    (tmp_path / "params.yaml").write_text("dataset: beta\ngeometry:\n  compare: []\n  regimes: [pre]\n  mle_k: 10\n")
+    (tmp_path / "params.yaml").write_text("datasets: [tinysol]\ngeometry:\n  regimes: [pre]\n  mle_k: 10\n")
     script = Path(__file__).parents[1] / "stages" / "geometry.py"
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    (tmp_path / "params.yaml").write_text("dataset: gamma\ngeometry:\n  compare: []\n")
+    (tmp_path / "params.yaml").write_text("datasets: [vocalsound]\ngeometry: {}\n")
     failed = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert failed.returncode == 1
-    assert failed.stderr.strip().splitlines()[-1].startswith("geometry: params: 'dataset' names 'gamma'")
+    assert failed.stderr.strip().splitlines()[-1].startswith("geometry: params: 'datasets' names 'vocalsound'")
     heads = pd.read_csv(tmp_path / "plots" / "geometry" / "heads.csv")
-    assert set(heads.regime) == {"pre"} and set(heads.dataset) == {"beta"}
-    assert json.loads((tmp_path / "metrics" / "geometry.json").read_text())["params"]["mle_k"] == 10
+    assert set(heads.regime) == {"pre"} and set(heads.dataset) == {"tinysol"}
+    summary = json.loads((tmp_path / "plots" / "geometry" / "summary.json").read_text())
+    assert summary["params"]["mle_k"] == 10
+    headline = json.loads((tmp_path / "metrics" / "geometry.json").read_text())
+    assert set(headline) == {"weights", "tinysol"} and set(headline["tinysol"]) == {"pre"}
+    assert set(headline["tinysol"]["pre"]["stage0"]) == {"pca99", "twonn"}
