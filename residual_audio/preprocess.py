@@ -86,7 +86,7 @@ def preprocess(
         shard = (min(shard_clips, n), frames, mels)
         mel_arr = group.create_array("mel", shape=(n, frames, mels), dtype="float32", chunks=(1, frames, mels),
                                      shards=shard, compressors=_codecs(), fill_value=0.0)
-        bar = tqdm(total=n, desc=f"preprocess {dataset}", unit="clip", disable=not progress)
+        bar = tqdm(total=n, desc=f"preprocess {dataset}", unit="clip", disable=not progress or None)  # None: off when not a terminal
         for start in range(0, n, shard[0]):
             part = clips[start : start + shard[0]]
             out = np.empty((len(part), frames, mels), dtype=np.float32)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import warnings
 import sys
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def run_stage(name: str, argv: list[str] | None = None) -> None:
     if not sys.stderr.isatty():  # no progress-bar animation in log files
         os.environ.setdefault("TQDM_DISABLE", "1")
     label = f"{name}@{args.dataset}" if stage.per_dataset and args.dataset else name
+    warnings.formatwarning = lambda message, category, *rest: f"{label}: warning: {message}\n"
     try:
         params = load_params(args.params)
         if stage.per_dataset:

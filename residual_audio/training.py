@@ -133,11 +133,11 @@ def train(model, train_inputs: tuple, train_labels, val_inputs: tuple, val_label
     best = (val_loss, copy.deepcopy(model.state_dict()))
     bad = 0
     gen = torch.Generator().manual_seed(cfg.seed)
-    for epoch in tqdm(range(1, cfg.max_epochs + 1), desc=desc, leave=False, disable=cfg.max_epochs == 0):
+    for epoch in tqdm(range(1, cfg.max_epochs + 1), desc=desc, leave=False, disable=cfg.max_epochs == 0 or None):
         opt.train()
         total = 0.0
         batches = torch.randperm(n, generator=gen).split(cfg.batch_size)
-        for idx in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not cfg.batch_progress):
+        for idx in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not cfg.batch_progress or None):
             loss = F.cross_entropy(model(*(x[idx] for x in train_inputs)), train_labels[idx])
             _check_loss(loss, epoch, lr)
             opt.zero_grad(set_to_none=True)

@@ -132,3 +132,14 @@ def test_offline_example_runs_end_to_end(tmp_path):
     assert "random" in shown
     assert (work / "metrics" / "comparison.md").is_file()
     assert "esc50" in (work / "metrics" / "comparison.md").read_text()
+
+    # artefacts travel: push to a remote, clone, pull, and the clone is up to date
+    remote, clone = tmp_path / "remote", tmp_path / "clone"
+    sh(f"git add -A && git -c user.name=t -c user.email=t@localhost commit -qm results && "
+       f". .venv/bin/activate && dvc remote add -d store {remote} && dvc push -q")
+    subprocess.run(["git", "clone", "-q", str(work), str(clone)], check=True)
+    (clone / ".venv").symlink_to(venv.parent)
+    done = subprocess.run(["bash", "-c", f"cd {clone} && . .venv/bin/activate && dvc remote add -d store {remote} --local -f"
+                           " && dvc pull -q && dvc status"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "up to date" in done.stdout, done.stdout
