@@ -10,7 +10,7 @@ import pandas as pd
 
 from . import alignment as al
 from .io import atomic_path, write_json, write_text
-from .params import get
+from .params import check, get
 from .units import parse_unit
 
 METRICS_DIR, PLOTS_DIR = Path("metrics"), Path("plots/alignment")
@@ -21,24 +21,26 @@ def _csv(path: Path, frame: pd.DataFrame) -> None:
         frame.to_csv(tmp, index=False, float_format="%.6g")
 
 
-def collect(datasets, results_dir: Path) -> dict:
-    """{dataset: {method: (result dict, method name)}} from the baselines and residual stages."""
-    out = {}
-    for ds in datasets:
-        out[ds] = {}
-        for stage in ("baselines", "residual"):
-            res = al.load_results(results_dir / stage / f"{ds}.npz")
-            for m in res["methods"]:
-                out[ds][str(m)] = res
-    return out
+def collect(datasets, results_dir: Path, methods) -> dict:
+    """{dataset: {method: result dict}} from data/results/<dataset>/<method>.npz."""
+    return {ds: {m: al.load_results(results_dir / ds / f"{m}.npz") for m in methods} for ds in datasets}
+
+
+def _fold_lambda(res: dict, fold) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(unit names, λ, owner, explained) of one fold; a recipe without PCA has one λ per unit."""
+    names = [str(n) for n in res[f"{fold}/unit_names"]]
+    lam = np.asarray(res[f"{fold}/lam"])
+    owner = np.asarray(res[f"{fold}/owner"])
+    if len(lam) == len(names) and len(owner) != len(lam):  # coarse: λ per unit
+        return names, lam, np.arange(len(names)), np.ones(len(names), np.float32)
+    return names, lam, owner, np.asarray(res[f"{fold}/explained"])
 
 
 def lambda_table(res: dict) -> pd.DataFrame:
     """Per fold and unit: component count and the λ summary (mean weighted by explained variance)."""
-    names = res["meta"]["unit_names"]
     rows = []
     for fold in res["folds"]:
-        lam, owner, expl = (res[f"residual/{fold}/{k}"] for k in ("lam", "owner", "explained"))
+        names, lam, owner, expl = _fold_lambda(res, fold)
         for u, name in enumerate(names):
             sel = owner == u
             w = expl[sel]
@@ -51,16 +53,17 @@ def lambda_table(res: dict) -> pd.DataFrame:
 
 def component_table(res: dict) -> pd.DataFrame:
     """Per fold and kept component: its unit, rank within the unit, explained variance and learned λ."""
-    names = res["meta"]["unit_names"]
     frames = []
     for fold in res["folds"]:
-        lam, owner, expl = (np.asarray(res[f"residual/{fold}/{k}"]) for k in ("lam", "owner", "explained"))
+        names, lam, owner, expl = _fold_lambda(res, fold)
+        if not len(owner):
+            continue
         starts = np.r_[0, np.flatnonzero(np.diff(owner)) + 1]
         rank = np.arange(len(owner)) - np.repeat(starts, np.diff(np.r_[starts, len(owner)]))
         units = [parse_unit(names[u]) for u in owner]
         frames.append(pd.DataFrame(dict(fold=str(fold), unit=[names[u] for u in owner], stage=[u["stage"] for u in units],
                                         rank=rank + 1, explained=expl, lam=lam)))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["fold", "unit", "stage", "rank", "explained", "lam"])
 
 
 def plot_lambda_components(table: pd.DataFrame, path: Path, title: str) -> None:
@@ -112,27 +115,27 @@ def plot_lambda(table: pd.DataFrame, path: Path, title: str) -> None:
 
 def evaluate_stage(params: dict, results_dir: Path = Path("data/results")) -> None:
     datasets = [get(params, "dataset")]
-    data = collect(datasets, results_dir)
+    methods = get(params, "methods", list(al.METHODS))
+    check(isinstance(methods, list) and methods and all(isinstance(m, str) for m in methods), "methods",
+          f"must be a non-empty list of method names, got {methods!r}")
+    data = collect(datasets, results_dir, methods)
     per_method, fold_rows, learning, comparison = {}, [], [], []
     lambda_tables, component_tables = {}, {}
-    for ds, methods in data.items():
-        for method in al.METHODS:
-            if method not in methods:
-                continue
-            res = methods[method]
+    for ds, results in data.items():
+        for method, res in results.items():
             folds = [str(f) for f in res["folds"]]
-            scores = al.fold_scores(res[f"{method}/logits"], res["labels"], res[f"{method}/fold_of"], len(folds))
-            block = al.metric_block(scores, res[f"{method}/params"], str(res["weights"]), folds)
+            scores = al.fold_scores(res["logits"], res["labels"], res["fold_of"], len(folds))
+            block = al.metric_block(scores, res["params"], str(res["weights"]), folds)
             per_method.setdefault(method, {})[ds] = block
             for i, f in enumerate(folds):
                 fold_rows.append(dict(dataset=ds, method=method, fold=f, accuracy=scores["accuracy"][i],
-                                      top5=scores["top5"][i], params=int(res[f"{method}/params"][i]), weights=block["weights"]))
+                                      top5=scores["top5"][i], params=int(res["params"][i]), weights=block["weights"]))
             comparison.append(dict(method=method, dataset=ds, accuracy=block["accuracy"]["mean"], std=block["accuracy"]["std"],
                                    top5=block["top5"]["mean"], params=block["params"], weights=block["weights"]))
-            learning += [dict(dataset=ds, **row) for row in res["history"] if row["method"] == method and "epoch" in row]
-        if "residual" in methods:
-            lambda_tables[ds] = lambda_table(methods["residual"])
-            component_tables[ds] = component_table(methods["residual"])
+            learning += [dict(dataset=ds, method=method, **row) for row in res["history"] if "epoch" in row]
+            if f"{folds[0]}/lam" in res and f"{folds[0]}/unit_names" in res:
+                lambda_tables[(ds, method)] = lambda_table(res).assign(method=method)
+                component_tables[(ds, method)] = component_table(res).assign(method=method)
 
     primary = datasets[0]
     for method, blocks in per_method.items():
@@ -149,17 +152,21 @@ def evaluate_stage(params: dict, results_dir: Path = Path("data/results")) -> No
     write_text(METRICS_DIR / "comparison.md", comparison_markdown(table))
     for method, res in data[primary].items():
         classes = [str(c) for c in res["classes"]]
-        pred = np.nan_to_num(res[f"{method}/logits"], nan=-np.inf).argmax(1)
+        pred = np.nan_to_num(res["logits"], nan=-np.inf).argmax(1)
         _csv(PLOTS_DIR / "confusion" / f"{method}.csv",
              pd.DataFrame({"actual": [classes[i] for i in res["labels"]], "predicted": [classes[i] for i in pred]}))
-    for ds, lt in lambda_tables.items():
-        _csv(PLOTS_DIR / f"lambda_{ds}.csv", lt)
-        weights = per_method["residual"][ds]["weights"]
-        plot_lambda(lt, PLOTS_DIR / f"lambda_{ds}.png", f"ResiDual λ per head — {ds} ({weights} weights)")
-        ct = component_tables[ds]
-        _csv(PLOTS_DIR / f"lambda_components_{ds}.csv", ct)
-        plot_lambda_components(ct, PLOTS_DIR / f"lambda_components_{ds}.png",
-                               f"Which components ResiDual amplified or suppressed — {ds} ({weights} weights)")
+    for ds in datasets:
+        keys = [k for k in lambda_tables if k[0] == ds]
+        _csv(PLOTS_DIR / f"lambda_{ds}.csv", pd.concat([lambda_tables[k] for k in keys], ignore_index=True) if keys else pd.DataFrame())
+        _csv(PLOTS_DIR / f"lambda_components_{ds}.csv",
+             pd.concat([component_tables[k] for k in keys], ignore_index=True) if keys else pd.DataFrame())
+        for _, method in keys:
+            weights = per_method[method][ds]["weights"]
+            plot_lambda(lambda_tables[(ds, method)], PLOTS_DIR / "lambda" / f"lambda_{ds}_{method}.png",
+                        f"{method}: λ per head — {ds} ({weights} weights)")
+            if len(component_tables[(ds, method)]):
+                plot_lambda_components(component_tables[(ds, method)], PLOTS_DIR / "lambda" / f"lambda_components_{ds}_{method}.png",
+                                       f"{method}: which components were amplified or suppressed — {ds} ({weights} weights)")
 
 
 def comparison_markdown(table: pd.DataFrame) -> str:
@@ -173,6 +180,6 @@ def comparison_markdown(table: pd.DataFrame) -> str:
     lines = [f"Top-1 accuracy, mean ± std over folds (weights: {', '.join(weights)})", "",
              "| method | " + " | ".join(wide.columns) + " | trainable params |",
              "| --- | " + " | ".join("---" for _ in wide.columns) + " | --- |"]
-    order = [m for m in al.METHODS if m in wide.index]
+    order = [m for m in al.METHODS if m in wide.index] + sorted(m for m in wide.index if m not in al.METHODS)
     lines += [f"| {m} | " + " | ".join(str(wide.loc[m, c]) for c in wide.columns) + f" | {params[m]:,} |" for m in order]
     return "\n".join(lines) + "\n"

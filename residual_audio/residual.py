@@ -252,7 +252,8 @@ class Recipe:
     - `add_mean`: whether μ is added back after reweighting (RD(x) = Φᵀ diag(λ) Φ (x − μ) [+ μ]).
     - `others`: what happens to units that are not reweighted: `keep` (summed unchanged) or
       `remove` (zero ablation).
-    - `lr`, `max_epochs`, `patience`, `batch_size`: schedule-free AdamW training;
+    - `lr` (a number, or a grid chosen on the validation clips), `max_epochs`, `patience`,
+      `batch_size`: schedule-free AdamW training;
       `select_on`: early stopping and checkpoint choice on `val_accuracy` or `val_loss`.
     """
 
@@ -264,7 +265,7 @@ class Recipe:
     lam_init: str = "normal"
     add_mean: bool = False
     others: str = "remove"
-    lr: float = 0.8
+    lr: float | tuple = 0.8
     max_epochs: int = 30
     patience: int = 5
     batch_size: int = 64
@@ -277,5 +278,5 @@ RECIPES = {
     "fine": Recipe("fine", units="heads", variance=0.9, beyond="drop", lam_init="normal", add_mean=False, others="remove"),
     "full": Recipe("full", units="heads+mlp", variance=1.0, lam_init="normal", add_mean=False, others="keep"),
     "identity": Recipe("identity", units="heads", variance=0.95, beyond="keep", lam_init="ones", add_mean=True,
-                       others="keep", lr=0.01, select_on="val_loss"),
+                       others="keep", lr=(0.001, 0.01, 0.1), select_on="val_loss"),
 }

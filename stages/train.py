@@ -1,4 +1,4 @@
-"""DVC stage `train`: Train ResiDual's lambda on every fold."""
+"""DVC stage `train`: every method of `methods` on every fold of `dataset`."""
 
 import sys
 from pathlib import Path
