@@ -208,7 +208,7 @@ class _Trained(Estimator):
 
     def _config(self, seed):
         return TrainConfig(max_epochs=self.max_epochs, patience=self.patience, batch_size=self.batch_size,
-                           monitor=self.select_on, weight_decay=self.weight_decay, seed=seed).check()
+                           monitor=self.select_on, weight_decay=self.weight_decay, seed=seed, lr_key=self.lr_key).check()
 
     def _make(self, data: FoldData, head: FrozenHead) -> nn.Module:
         raise NotImplementedError

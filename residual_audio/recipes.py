@@ -35,6 +35,7 @@ from .estimators import Estimator, FoldData, register
 from .params import ParamError, check, get
 from .residual import BEYOND, RECIPES, Recipe, UnitBases, check_mode, n_components, unit_pca
 from .training import MONITORS, TrainConfig, evaluate, train_grid
+from .stores import StoreError
 from .units import UNIT_SETS, parse_unit
 from .zeroshot import FrozenHead
 
@@ -152,6 +153,10 @@ class ResiDualRecipe(Estimator):
         if len(clips) < 2:
             raise ParamError(f"params: 'cv.*': a fold leaves {len(clips)} clip(s) to fit the bases of {self.name} on")
         d = data.store.units.shape[2]
+        for u in chosen:
+            if not np.isfinite(data.store.units[clips, u, :]).all():
+                raise StoreError(f"{data.store.path}: non-finite direct contribution of {data.store.unit_names[u]} "
+                                 f"in clips that {self.name} fits its bases on")
         means, comps, owner, explained = [], [], [], []
         for j, u in enumerate(chosen):
             mu, ev, phi = cached_pca(data, clips, u)
@@ -214,7 +219,7 @@ class ResiDualRecipe(Estimator):
         tr, va = data.split.train, data.split.val
         ftr, fva = self._features(data, tr), self._features(data, va)
         cfg = TrainConfig(max_epochs=r.max_epochs, patience=r.patience, batch_size=r.batch_size, monitor=r.select_on,
-                          seed=data.seed).check()
+                          seed=data.seed, lr_key=f"residual.recipes.{self.recipe_name}.lr").check()
         lrs = r.lr if isinstance(r.lr, tuple) else (float(r.lr),)
         self.model_, self.history_, self.lr_, self.lr_scores_ = train_grid(
             lambda: RecipeModel(head, self.lam_init_, psi, offset), lrs, ftr, data.labels[tr], fva, data.labels[va], cfg,
@@ -242,6 +247,9 @@ class ResiDualRecipe(Estimator):
         }
 
 
+REGISTRY_RECIPES: dict[str, type[ResiDualRecipe]] = {}  # recipe name → its method class (bases on the fitting clips)
+
+
 def _recipe_method(recipe: str, method: str | None = None, bases_on: str | None = None):
     cls = type(f"ResiDual_{method or recipe}", (ResiDualRecipe,),
                {"name": method or f"residual_{recipe}", "recipe_name": recipe, "fixed_bases_on": bases_on,
@@ -250,6 +258,6 @@ def _recipe_method(recipe: str, method: str | None = None, bases_on: str | None 
 
 
 for _r in ("coarse", "fine", "full", "identity"):
-    _recipe_method(_r)
+    REGISTRY_RECIPES[_r] = _recipe_method(_r)
 # fine's bases fitted on unlabelled clips (every training-side clip), for few-shot runs
 _recipe_method("fine", "residual_fine_unlabelled", "unlabelled")

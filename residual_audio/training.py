@@ -38,6 +38,7 @@ class TrainConfig:
     eval_batch: int = 4096  # clips per no-grad evaluation pass (small when every pass runs the model)
     batch_progress: bool = False  # a progress bar per epoch, for slow (model-forward) epochs
     monitor: str = "val_loss"  # early stopping and checkpoint choice: val_loss (lower) | val_accuracy (higher)
+    lr_key: str = "train.lr"  # the params key named when the loss diverges
 
     def check(self) -> "TrainConfig":
         if not isinstance(self.max_epochs, int) or not 0 <= self.max_epochs <= 30:
@@ -68,10 +69,10 @@ def evaluate(model, inputs: tuple, labels: torch.Tensor, batch: int = 4096) -> t
     return loss, float((logits.argmax(1) == labels).float().mean()), logits
 
 
-def _check_loss(loss: torch.Tensor, epoch: int, lr: float) -> None:
+def _check_loss(loss: torch.Tensor, epoch: int, lr: float, key: str = "train.lr") -> None:
     if not torch.isfinite(loss):
         raise ParamError(
-            f"params: 'train.lr' = {lr}: the training loss became {loss.item()} at epoch {epoch}; "
+            f"params: '{key}' = {lr}: the training loss became {loss.item()} at epoch {epoch}; "
             "lower the learning rate (nothing was written)"
         )
 
@@ -146,7 +147,7 @@ def train(model, train_inputs: tuple, train_labels, val_inputs: tuple, val_label
         batches = torch.randperm(n, generator=gen).split(cfg.batch_size)
         for idx in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not cfg.batch_progress):
             loss = F.cross_entropy(model(*(x[idx] for x in train_inputs)), train_labels[idx])
-            _check_loss(loss, epoch, lr)
+            _check_loss(loss, epoch, lr, cfg.lr_key)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -155,7 +156,7 @@ def train(model, train_inputs: tuple, train_labels, val_inputs: tuple, val_label
         row = dict(epoch=epoch, train_loss=total / n, train_acc=float("nan"), lr=lr)
         if has_val:
             row["val_loss"], row["val_acc"], _ = evaluate(model, val_inputs, val_labels, cfg.eval_batch)
-            _check_loss(torch.tensor(row["val_loss"]), epoch, lr)
+            _check_loss(torch.tensor(row["val_loss"]), epoch, lr, cfg.lr_key)
         else:
             row["val_loss"], row["val_acc"] = float("nan"), float("nan")
         history.append(row)
