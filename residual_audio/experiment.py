@@ -1,4 +1,4 @@
-"""The alignment stages (text, bases, baselines, train, ablation) as functions of params.yaml.
+"""The alignment stages (text, train, ablation) as functions of params.yaml.
 
 Each stage validates every parameter it uses before touching any output, computes
 everything in memory and writes its outputs atomically, so a bad value or a failure
@@ -14,19 +14,20 @@ import numpy as np
 from tqdm import tqdm
 
 from . import alignment as al
+from .estimators import FoldData, build
 from .io import atomic_path, write_json
+from .live import TrainingLog
+from .live import enabled as live_enabled
 from .params import ParamError, check, get
 from .protocol import SCHEMES, Split, make_splits
-from .inject import entry_inputs, fit_head_bases, read_head_outputs, restrict
-from .residual import BEYOND, check_mode, fit_bases, load_bases, save_bases
-from .training import TrainConfig
-from .units import UNIT_SETS, read_units
+from .inject import read_head_outputs
+from .residual import check_mode
+from .units import read_units
 from .zeroshot import DEFAULT_TEMPLATES, load_text_side, save_text_side
 
-HEADS_DIR, TEXT_DIR, BASES_DIR, RESULTS_DIR = Path("data/heads"), Path("data/text"), Path("data/bases"), Path("data/results")
-MEL_DIR = Path("data/mel")  # written by the preprocess stage; read by inject mode only
+HEADS_DIR, TEXT_DIR, RESULTS_DIR = Path("data/heads"), Path("data/text"), Path("data/results")
+MEL_DIR = Path("data/mel")  # written by the preprocess stage; read by methods that run the encoder
 MODELS_DIR = Path("data/models")  # written by the download stage: checkpoint.pt, tokenizer/
-SPACES = {"direct": "direct/units", "inject": "heads/pre"}  # what the bases of each residual.mode are fitted on
 
 
 @dataclass(frozen=True)
@@ -37,14 +38,9 @@ class AlignmentParams:
     scheme: str
     k: int
     val_fraction: float
-    mode: str
-    units: str
-    variance: float
-    beyond: str
-    train: TrainConfig
-    probe_grid: tuple
-    device: str = "auto"  # train.device, for the encoder's forward in inject mode
-    variant: str | None = None  # model.variant, for the encoder in inject mode
+    methods: tuple = ()
+    device: str = "auto"  # train.device, for methods that run the encoder
+    variant: str | None = None  # model.variant, for methods that run the encoder
 
     @classmethod
     def read(cls, params: dict, dataset: str) -> "AlignmentParams":
@@ -52,33 +48,20 @@ class AlignmentParams:
         datasets = [dataset]
         seed = get(params, "seed", 0)
         check(isinstance(seed, int), "seed", f"must be an integer, got {seed!r}")
-        mode, inject = get(params, "residual.mode", "direct"), get(params, "inject_layers", [0])
-        check_mode(mode, inject)
+        inject = get(params, "inject_layers", [0, 1, 2, 3])
+        check_mode("direct", inject)
         scheme, k = get(params, "cv.scheme", "official"), get(params, "cv.k", 5)
         check(scheme in SCHEMES, "cv.scheme", f"must be one of {', '.join(SCHEMES)}, got {scheme!r}")
         check(isinstance(k, int) and k >= 2, "cv.k", f"must be an integer >= 2, got {k!r}")
         val = get(params, "cv.val_fraction", 0.1)
         check(isinstance(val, (int, float)) and 0 <= val < 1, "cv.val_fraction", f"must be in [0, 1), got {val!r}")
-        units = get(params, "residual.units", "heads")
-        check(units in UNIT_SETS, "residual.units", f"must be one of {', '.join(UNIT_SETS)}, got {units!r}")
-        variance = get(params, "residual.variance", 0.95)
-        check(isinstance(variance, (int, float)) and 0 < variance <= 1, "residual.variance", f"must be in (0, 1], got {variance!r}")
-        beyond = get(params, "residual.beyond", "keep")
-        check(beyond in BEYOND, "residual.beyond", f"must be one of {', '.join(BEYOND)}, got {beyond!r}")
-        cfg = TrainConfig(
-            max_epochs=get(params, "train.max_epochs", 30), lr=get(params, "train.lr", 0.01),
-            patience=get(params, "train.patience", 5), batch_size=get(params, "train.batch_size", 64),
-            seed=seed, weight_decay=get(params, "train.weight_decay", 0.0), lr_find=bool(get(params, "train.lr_find", False)),
-        ).check()
-        check(mode != "inject" or units == "heads", "residual.units",
-              f"must be 'heads' with residual.mode: inject (it reweights head outputs before the projection), got {units!r}")
+        methods = get(params, "methods", list(al.METHODS))
+        check(isinstance(methods, list) and methods and all(isinstance(m, str) for m in methods)
+              and len(set(methods)) == len(methods), "methods", f"must be a non-empty list of distinct method names, got {methods!r}")
         device = get(params, "train.device", "auto")
         check(device in ("auto", "cpu", "cuda"), "train.device", f"must be auto, cpu or cuda, got {device!r}")
-        grid = get(params, "probe.C", [0.1, 1.0, 10.0, 100.0])
-        check(isinstance(grid, list) and grid and all(isinstance(c, (int, float)) and c > 0 for c in grid),
-              "probe.C", f"must be a non-empty list of positive numbers, got {grid!r}")
-        return cls(datasets, seed, list(inject), scheme, k, float(val), mode, units, float(variance), beyond, cfg,
-                   tuple(float(c) for c in grid), device, get(params, "model.variant", None))
+        return cls([dataset], seed, list(inject), scheme, k, float(val), tuple(methods), device,
+                   get(params, "model.variant", None))
 
 
 def splits_for(store, p: AlignmentParams) -> list[Split]:
@@ -130,102 +113,64 @@ def text_stage(params: dict, dataset: str) -> None:
         save_text_side(TEXT_DIR / f"{ds}.npz", side)
 
 
-# --------------------------------------------------------------------------- bases
+# --------------------------------------------------------------------------- train
 
 
-def bases_stage(params: dict, dataset: str) -> None:
-    """Per dataset and fold: unit means and PCA bases from the training folds only.
+def train_stage(params: dict, dataset: str) -> Path:
+    """Every method of `methods` on every fold of `dataset` → data/results/<dataset>/<method>.npz."""
+    return train_dataset(params, dataset)
 
-    Direct mode fits the units' direct contributions (`direct/units`); inject mode fits every
-    head's pooled output before the projection (`heads/pre`), all stages, so that changing
-    `inject_layers` needs no new bases. The file records which (`space`).
-    """
+
+def train_dataset(params: dict, dataset: str) -> Path:
+    """One loop over folds and methods for one dataset; every method is built (its params checked)
+    before any work, and the results directory is replaced atomically at the end."""
     p = AlignmentParams.read(params, dataset)
-    space = SPACES[p.mode]
-    for ds in p.datasets:
-        with atomic_path(BASES_DIR / ds) as tmp:
-            store = read_head_outputs(HEADS_DIR / f"{ds}.zarr") if p.mode == "inject" else _store(ds)
-            tmp.mkdir(parents=True)
-            for split in tqdm(splits_for(store, p), desc=f"bases {ds}"):
-                if p.mode == "inject":
-                    bases = fit_head_bases(store, split.train_all, p.variance)
-                else:
-                    bases = fit_bases(store.units[split.train_all], store.select(p.units), store.unit_names, p.variance)
-                save_bases(tmp / f"{split.name}.npz", bases, train=split.train, val=split.val, test=split.test,
-                           weights=np.array(store.weights), space=np.array(space))
+    estimators = {m: build(m, params) for m in p.methods}  # unknown names and bad hyper-parameters fail here
+    store = _store(dataset)
+    text = load_text_side(TEXT_DIR / f"{dataset}.npz", store.classes)
+    splits = splits_for(store, p)
+    context: dict = {}
+    if any("encoder" in est.needs for est in estimators.values()):
+        context.update(_encoder_context(dataset, store, p))
+    weights = _weights(store, text)
+    if context.get("weights") == "random":
+        weights = "random"
+    results = {m: [] for m in p.methods}
+    live = TrainingLog(dataset, live_enabled(params))
+    for i, split in enumerate(tqdm(splits, desc=f"train {dataset}")):
+        context["pca"] = {}  # per-fold PCA cache shared by the recipes
+        data = FoldData(store, text, split, seed=p.seed + i, context=context)
+        for m in p.methods:
+            est = build(m, params).fit(data)
+            for row in getattr(est, "history_", []):  # the kept run's curve, as soon as the fold is fitted
+                if "epoch" in row:
+                    live.log(m, split.name, row)
+            logits = est.logits(data, split.test)
+            extra = dict(est.artefacts())
+            extra.update(train=split.train, val=split.val)
+            if hasattr(est, "chosen"):
+                extra["chosen"] = est.chosen()
+            results[m].append(al.FoldResult(m, split.name, split.test, np.asarray(logits, np.float32),
+                                            int(est.n_params_), list(getattr(est, "history_", [])), extra))
+    live.close()
+    out = RESULTS_DIR / dataset
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        for m, res in results.items():
+            meta = {"inject_layers": sorted(p.inject_layers), "seed": p.seed, "cv": {"scheme": p.scheme, "k": p.k,
+                    "val_fraction": p.val_fraction}}
+            al.save_method_results(tmp / f"{m}.npz", m, res, store.label, store.classes, weights,
+                                   estimators[m].get_params(), meta)
+    return out
 
 
-def _fold_bases(ds: str, split: Split, mode: str, expected_units: list[str]):
-    """The bases of one fold, checked against the current folds, mode and units."""
-    path = BASES_DIR / ds / f"{split.name}.npz"
-    bases, extra = load_bases(path)
-    if not np.array_equal(extra["test"], split.test) or not np.array_equal(extra["val"], split.val):
-        raise ParamError(f"{path}: fitted on other folds than 'cv.*'/'seed' now give; rerun 'bases'")
-    space = str(extra.get("space", SPACES["direct"]))
-    if space != SPACES[mode]:
-        raise ParamError(f"{path}: fitted on '{space}' for another 'residual.mode' than {mode!r}; rerun 'bases'")
-    if bases.unit_names != expected_units:
-        raise ParamError(f"{BASES_DIR / ds}: bases are for other units than 'residual.units' now selects; rerun 'bases'")
-    return bases
-
-
-# --------------------------------------------------------------------------- baselines / train
-
-
-def baselines_stage(params: dict, dataset: str) -> None:
-    """Zero-shot, linear probe and linear adapter on every fold → data/results/<dataset>/baselines.npz."""
-    p = AlignmentParams.read(params, dataset)
-    outputs = {}
-    for ds in p.datasets:
-        store = _store(ds)
-        text = load_text_side(TEXT_DIR / f"{ds}.npz", store.classes)
-        results = []
-        for split in tqdm(splits_for(store, p), desc=f"baselines {ds}"):
-            results += [al.run_zeroshot(store, split, text), al.run_probe(store, split, text, p.probe_grid, p.seed),
-                        al.run_adapter(store, split, text, p.train)]
-        outputs[ds] = (results, store, text)
-    for ds, (results, store, text) in outputs.items():
-        al.save_results(RESULTS_DIR / ds / "baselines.npz", results, store.label, store.classes, _weights(store, text))
-
-
-def train_stage(params: dict, dataset: str) -> None:
-    """ResiDual on every fold → data/results/<dataset>/residual.npz."""
-    p = AlignmentParams.read(params, dataset)
-    outputs = {}
-    for ds in p.datasets:
-        if p.mode == "inject":
-            outputs[ds] = _train_inject(ds, p)
-            continue
-        store = _store(ds)
-        text = load_text_side(TEXT_DIR / f"{ds}.npz", store.classes)
-        results = []
-        units = [store.unit_names[i] for i in store.select(p.units)]
-        for split in tqdm(splits_for(store, p), desc=f"residual {ds}"):
-            bases = _fold_bases(ds, split, p.mode, units)
-            results.append(al.run_residual(store, split, text, bases, p.train, p.beyond))
-        outputs[ds] = (results, store, _weights(store, text), units)
-    for ds, (results, store, weights, names) in outputs.items():
-        meta = {"unit_names": names, "mode": p.mode, "beyond": p.beyond, "variance": p.variance}
-        if p.mode == "inject":
-            meta["inject_layers"] = sorted(p.inject_layers)
-        al.save_results(RESULTS_DIR / ds / "residual.npz", results, store.label, store.classes, weights, meta=meta)
-
-
-def _train_inject(ds: str, p: AlignmentParams):
-    """Inject mode on one dataset: every input is checked before the encoder is built; the
-    stream entering the first injected stage is computed once for all folds."""
+def _encoder_context(ds: str, store, p: AlignmentParams) -> dict:
+    """The shared resources of methods that run the encoder: the hooked model on its device and the mel array."""
     heads = read_head_outputs(HEADS_DIR / f"{ds}.zarr")
-    text = load_text_side(TEXT_DIR / f"{ds}.npz", heads.classes)
     mel_store = _mel_store(ds, heads)
-    splits = splits_for(heads, p)
-    bases = [_fold_bases(ds, split, p.mode, heads.head_names) for split in splits]
     hooked, device = _encoder(ds, mel_store, p.variant, p.device, "train.device")
-    model = hooked.model
-    cache = entry_inputs(hooked, mel_store["mel"], min(p.inject_layers), p.train.batch_size, device)
-    results = [al.run_inject_residual(cache, heads.label, split, text, b, hooked, p.inject_layers, p.train, p.beyond)
-               for split, b in zip(tqdm(splits, desc=f"residual {ds} (inject)"), bases)]
-    weights = "random" if "random" in (heads.weights, text.weights, getattr(model, "weights", "")) else heads.weights
-    return results, heads, weights, restrict(bases[0], p.inject_layers).unit_names
+    return {"hooked": hooked, "device": device, "mel": mel_store["mel"],
+            "weights": getattr(hooked.model, "weights", "")}
 
 
 def _mel_store(ds: str, heads):

@@ -263,7 +263,8 @@ def _cohens_d(a: np.ndarray, b: np.ndarray) -> float:
 def stage_statistics(table: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
     """Do stages differ? Per dataset × regime × metric: one-way ANOVA over stages, Tukey HSD,
     Welch t-tests between every pair of stages (Bonferroni-corrected, with Cohen's d) and the
-    Spearman correlation of the metric with block depth. Undefined tests (a constant metric,
+    Spearman correlation of the metric with block depth. Pairwise effects (Tukey's mean
+    difference, Welch's t, Cohen's d) all carry the sign of group_a − group_b. Undefined tests (a constant metric,
     a stage with one head) are reported as NaN rather than dropped."""
     from statsmodels.stats.multicomp import pairwise_tukeyhsd
 
@@ -286,10 +287,11 @@ def stage_statistics(table: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
                 pairs = list(itertools.combinations(range(len(stages)), 2))
                 if pairs and not constant and len(sub) > len(stages):
                     tukey = pairwise_tukeyhsd(sub[metric].to_numpy(float), sub["stage"].to_numpy())
+                    # statsmodels reports mean(b) − mean(a); every effect here is a − b, like Welch's t and Cohen's d
                     for (i, j), diff, padj, reject in zip(pairs, tukey.meandiffs, tukey.pvalues, tukey.reject):
                         rows.append({**base, "test": "tukey_hsd", "group_a": f"stage{stages[i]}", "group_b": f"stage{stages[j]}",
-                                     "statistic": float(diff), "pvalue": float(padj), "p_adjusted": float(padj),
-                                     "effect": float(diff), "reject": bool(reject)})  # fmt: skip
+                                     "statistic": -float(diff), "pvalue": float(padj), "p_adjusted": float(padj),
+                                     "effect": -float(diff), "reject": bool(reject)})  # fmt: skip
 
                 tests = []
                 for i, j in pairs:

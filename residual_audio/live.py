@@ -2,7 +2,8 @@
 
 One `Live` per dataset (dvclive/<dataset>/); each method and fold gets its own series,
 `plots/metrics/<method>/<fold>/{train_loss,val_acc}.tsv` with the epoch as DVCLive's step,
-written as each epoch ends. `live: false` in params.yaml turns it off.
+written as soon as that method and fold is fitted (the kept run, when a learning rate is chosen
+from a grid). `live: false` in params.yaml turns it off.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import pandas as pd
 
 from . import alignment as al
 from .io import atomic_path, write_json, write_text
-from .params import get
+from .params import check, get
 from .units import parse_unit
 
 METRICS_DIR, PLOTS_DIR = Path("metrics"), Path("plots/alignment")
@@ -22,26 +22,26 @@ def _csv(path: Path, frame: pd.DataFrame) -> None:
         frame.to_csv(tmp, index=False, float_format="%.6g")
 
 
-def collect(dataset: str, results_dir: Path) -> dict:
-    """{method: result dict} from every results file of one dataset (data/results/<dataset>/*.npz)."""
-    directory = results_dir / dataset
-    files = sorted(directory.glob("*.npz")) if directory.is_dir() else []
-    if not files:
-        raise FileNotFoundError(f"{directory}: no results (run the 'train' stage for {dataset})")
-    out = {}
-    for path in files:
-        res = al.load_results(path)
-        for m in res["methods"]:
-            out[str(m)] = res
-    return out
+def collect(datasets, results_dir: Path, methods) -> dict:
+    """{dataset: {method: result dict}} from data/results/<dataset>/<method>.npz."""
+    return {ds: {m: al.load_results(results_dir / ds / f"{m}.npz") for m in methods} for ds in datasets}
+
+
+def _fold_lambda(res: dict, fold) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(unit names, λ, owner, explained) of one fold; a recipe without PCA has one λ per unit."""
+    names = [str(n) for n in res[f"{fold}/unit_names"]]
+    lam = np.asarray(res[f"{fold}/lam"])
+    owner = np.asarray(res[f"{fold}/owner"])
+    if len(lam) == len(names) and len(owner) != len(lam):  # coarse: λ per unit
+        return names, lam, np.arange(len(names)), np.ones(len(names), np.float32)
+    return names, lam, owner, np.asarray(res[f"{fold}/explained"])
 
 
 def lambda_table(res: dict, method: str = "residual") -> pd.DataFrame:
     """Per fold and unit: component count and the λ summary (mean weighted by explained variance)."""
-    names = res["meta"]["unit_names"]
     rows = []
     for fold in res["folds"]:
-        lam, owner, expl = (res[f"{method}/{fold}/{k}"] for k in ("lam", "owner", "explained"))
+        names, lam, owner, expl = _fold_lambda(res, fold)
         for u, name in enumerate(names):
             sel = owner == u
             w = expl[sel]
@@ -54,16 +54,17 @@ def lambda_table(res: dict, method: str = "residual") -> pd.DataFrame:
 
 def component_table(res: dict, method: str = "residual") -> pd.DataFrame:
     """Per fold and kept component: its unit, rank within the unit, explained variance and learned λ."""
-    names = res["meta"]["unit_names"]
     frames = []
     for fold in res["folds"]:
-        lam, owner, expl = (np.asarray(res[f"{method}/{fold}/{k}"]) for k in ("lam", "owner", "explained"))
+        names, lam, owner, expl = _fold_lambda(res, fold)
+        if not len(owner):
+            continue
         starts = np.r_[0, np.flatnonzero(np.diff(owner)) + 1]
         rank = np.arange(len(owner)) - np.repeat(starts, np.diff(np.r_[starts, len(owner)]))
         units = [parse_unit(names[u]) for u in owner]
         frames.append(pd.DataFrame(dict(fold=str(fold), unit=[names[u] for u in owner], stage=[u["stage"] for u in units],
                                         rank=rank + 1, explained=expl, lam=lam)))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["fold", "unit", "stage", "rank", "explained", "lam"])
 
 
 def plot_lambda_components(table: pd.DataFrame, path: Path, title: str) -> None:
@@ -129,26 +130,30 @@ def evaluate_stage(params: dict, dataset: str, results_dir: Path = Path("data/re
     """
     from .logs import progress
 
-    methods = collect(dataset, results_dir)
+    from .params import check
+
+    names = get(params, "methods", list(al.METHODS))
+    check(isinstance(names, list) and names and all(isinstance(m, str) for m in names), "methods",
+          f"must be a non-empty list of method names, got {names!r}")
+    methods = collect([dataset], results_dir, names)[dataset]
     out_plots, out_metrics = PLOTS_DIR / dataset, METRICS_DIR / dataset
     headline, details, fold_rows, learning, recall_rows, comparison = {}, {}, [], [], [], []
     weights = set()
     for method in progress(method_order(methods), desc=f"evaluate {dataset}"):
         res = methods[method]
         folds = [str(f) for f in res["folds"]]
-        scores = al.fold_scores(res[f"{method}/logits"], res["labels"], res[f"{method}/fold_of"], len(folds))
-        block = al.metric_block(scores, res[f"{method}/params"], str(res["weights"]), folds)
+        scores = al.fold_scores(res["logits"], res["labels"], res["fold_of"], len(folds))
+        block = al.metric_block(scores, res["params"], str(res["weights"]), folds)
         weights.add(block["weights"])
         details[method] = dict(block, dataset=dataset)
         headline[method] = {"accuracy": round(block["accuracy"]["mean"], 6), "std": round(block["accuracy"]["std"], 6),
                             "params": block["params"]}
         for i, f in enumerate(folds):
             fold_rows.append(dict(method=method, fold=f, label=f"{method} · {f}", accuracy=scores["accuracy"][i],
-                                  top5=scores["top5"][i], params=int(res[f"{method}/params"][i])))
-        learning += [dict(method=method, **{k: v for k, v in row.items() if k != "method"})
-                     for row in res["history"] if row["method"] == method and "epoch" in row]
+                                  top5=scores["top5"][i], params=int(res["params"][i])))
+        learning += [dict(method=method, **row) for row in res["history"] if "epoch" in row]
         classes = [str(c) for c in res["classes"]]
-        pred = np.nan_to_num(res[f"{method}/logits"], nan=-np.inf).argmax(1)
+        pred = np.nan_to_num(res["logits"], nan=-np.inf).argmax(1)
         for c, name in enumerate(classes):
             sel = res["labels"] == c
             if sel.any():
@@ -173,13 +178,14 @@ def evaluate_stage(params: dict, dataset: str, results_dir: Path = Path("data/re
     with atomic_path(out_plots / "lambda") as tmp:
         tmp.mkdir(parents=True)
         for method, res in methods.items():
-            if f"{method}/{res['folds'][0]}/lam" in res and "unit_names" in res["meta"]:
-                lt, ct = lambda_table(res, method), component_table(res, method)
+            if f"{res['folds'][0]}/lam" in res and f"{res['folds'][0]}/unit_names" in res:
+                lt, ct = lambda_table(res), component_table(res)
                 _csv(tmp / f"{method}.csv", lt)
                 plot_lambda(lt, tmp / f"{method}.png", f"{method}: λ per head — {dataset} ({weight} weights)")
                 _csv(tmp / f"{method}_components.csv", ct)
-                plot_lambda_components(ct, tmp / f"{method}_components.png",
-                                       f"{method}: which components were amplified or suppressed — {dataset} ({weight} weights)")
+                if len(ct):
+                    plot_lambda_components(ct, tmp / f"{method}_components.png",
+                                           f"{method}: which components were amplified or suppressed — {dataset} ({weight} weights)")
     table = pd.DataFrame(comparison)
     print(comparison_markdown(table), end="")
     return str(out_metrics / "alignment.json")

@@ -7,10 +7,9 @@ every number untouched in floating point and the untrained model *is* the zero-s
 model. Components past the explained-variance threshold are either kept unchanged
 (`beyond: keep`, λ fixed at 1) or dropped (`beyond: drop`, λ fixed at 0).
 
-Direct mode works on the stored direct contributions: the corrected embedding is
-e + Σᵤ Φᵤᵀ diag(λᵤ − 1) cᵤ with cᵤ = Φᵤ (xᵤ − μᵤ). Since the first layer of the audio
-projection is linear, the per-component directions are mapped through it once per fold
-(Ψ = Φ W₁ᵀ, [J, 512]), and each step costs one [n, J] × [J, 512] product.
+This module holds the shared math (per-unit PCA, the threshold rule, `rd`) and the
+`Recipe` table; the direct-mode estimators built from it are in `recipes.py`, inject mode
+in `inject.py`.
 """
 
 from __future__ import annotations
@@ -20,11 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from .io import atomic_path
 from .params import ParamError
-from .zeroshot import FrozenHead
 
 MODES = ("direct", "inject")
 BEYOND = ("keep", "drop")
@@ -155,73 +152,6 @@ def rd(x: torch.Tensor, components: torch.Tensor, mean: torch.Tensor, lam: torch
     return x + (coef * (lam - 1)) @ components
 
 
-def coefficients(units: np.ndarray, bases: UnitBases) -> np.ndarray:
-    """c[n, j] = Φⱼ (x_{u(j)} − μ_{u(j)}) for every kept component; units [n, U_all, D] → [n, J]."""
-    n = units.shape[0]
-    out = np.empty((n, len(bases.owner)), dtype=np.float32)
-    for u, sl in enumerate(bases.unit_slices()):
-        if sl.stop > sl.start:
-            out[:, sl] = (units[:, bases.unit_index[u], :] - bases.means[u]) @ bases.components[sl].T
-    return out
-
-
-def dropped_part(units: np.ndarray, bases: UnitBases) -> np.ndarray:
-    """Σᵤ of the part of (xᵤ − μᵤ) outside the kept components: what `beyond: drop` removes."""
-    total = np.zeros((units.shape[0], units.shape[2]), dtype=np.float64)
-    for u, sl in enumerate(bases.unit_slices()):
-        xc = units[:, bases.unit_index[u], :] - bases.means[u]
-        phi = bases.components[sl]
-        total += xc - (xc @ phi.T) @ phi
-    return total.astype(np.float32)
-
-
-class DirectResiDual(nn.Module):
-    """ResiDual on stored direct contributions, ending in the frozen zero-shot head.
-
-    Inputs are precomputed once per fold (see `features`): the first-layer pre-activation
-    of the exact embedding and the PCA coefficients. Only λ is trainable.
-    """
-
-    def __init__(self, head: FrozenHead, bases: UnitBases):
-        super().__init__()
-        self.head = head.requires_grad_(False)
-        self.lam = nn.Parameter(torch.ones(len(bases.owner)))
-        comps = torch.from_numpy(bases.components)
-        self.register_buffer("components", comps)
-        self.register_buffer("psi", comps @ head.w1.T)  # [J, 512]
-        self.bases = bases
-
-    def features(self, units: np.ndarray, embedding: np.ndarray, beyond: str = "keep"):
-        """(pre-activation of the exact embedding [n, 512], coefficients [n, J]) for these clips."""
-        if beyond not in BEYOND:
-            raise ParamError(f"params: 'residual.beyond' must be one of {', '.join(BEYOND)}, got {beyond!r}")
-        emb = np.asarray(embedding, dtype=np.float32)
-        if beyond == "drop":
-            emb = emb - dropped_part(units, self.bases)
-        with torch.no_grad():
-            pre = self.head.pre(torch.from_numpy(emb))
-        return pre, torch.from_numpy(coefficients(units, self.bases))
-
-    def corrected_embedding(self, embedding: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-        """e + Σⱼ (λⱼ − 1) cⱼ Φⱼ in the 768-d embedding space (for inspection and checks)."""
-        return embedding + (coef * (self.lam - 1)) @ self.components
-
-    def forward(self, pre: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-        return self.head(pre + (coef * (self.lam - 1)) @ self.psi)
-
-
-class LinearAdapter(nn.Module):
-    """A d×d map on the normalised audio embedding (identity at start), then the frozen classifier."""
-
-    def __init__(self, head: FrozenHead, dim: int = 512):
-        super().__init__()
-        self.head = head.requires_grad_(False)
-        self.weight = nn.Parameter(torch.eye(dim))
-
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.head.logits_from_audio(torch.nn.functional.normalize(audio @ self.weight.T, dim=-1))
-
-
 def check_mode(mode: str, inject_layers, n_stages: int = 4) -> None:
     """Validate `residual.mode` and the top-level `inject_layers` (checked in either mode,
     so a bad value is caught before it silently matters)."""
@@ -252,7 +182,8 @@ class Recipe:
     - `add_mean`: whether μ is added back after reweighting (RD(x) = Φᵀ diag(λ) Φ (x − μ) [+ μ]).
     - `others`: what happens to units that are not reweighted: `keep` (summed unchanged) or
       `remove` (zero ablation).
-    - `lr`, `max_epochs`, `patience`, `batch_size`: schedule-free AdamW training;
+    - `lr` (a number, or a grid chosen on the validation clips), `max_epochs`, `patience`,
+      `batch_size`: schedule-free AdamW training;
       `select_on`: early stopping and checkpoint choice on `val_accuracy` or `val_loss`.
     """
 
@@ -264,7 +195,7 @@ class Recipe:
     lam_init: str = "normal"
     add_mean: bool = False
     others: str = "remove"
-    lr: float = 0.8
+    lr: float | tuple = 0.8
     max_epochs: int = 30
     patience: int = 5
     batch_size: int = 64
@@ -277,5 +208,5 @@ RECIPES = {
     "fine": Recipe("fine", units="heads", variance=0.9, beyond="drop", lam_init="normal", add_mean=False, others="remove"),
     "full": Recipe("full", units="heads+mlp", variance=1.0, lam_init="normal", add_mean=False, others="keep"),
     "identity": Recipe("identity", units="heads", variance=0.95, beyond="keep", lam_init="ones", add_mean=True,
-                       others="keep", lr=0.01, select_on="val_loss"),
+                       others="keep", lr=(0.001, 0.01, 0.1), select_on="val_loss"),
 }

@@ -1,7 +1,8 @@
 """Training loop shared by ResiDual and the linear adapter.
 
-Cross-entropy on the scaled logits, schedule-free AdamW, at most `train.max_epochs`
-epochs, early stopping (patience on validation loss) with the best weights restored.
+Cross-entropy on the scaled logits, schedule-free AdamW, at most `max_epochs` epochs,
+early stopping (patience on validation loss or accuracy, `monitor`) with the
+best-validation weights restored, as the ResiDual paper does.
 Schedule-free AdamW evaluates at averaged weights: `optimizer.eval()` swaps them in
 before every validation pass and at the end, `optimizer.train()` swaps them back out.
 Epoch 0 is the untrained model, so `max_epochs: 0` returns it exactly.
@@ -22,6 +23,9 @@ from tqdm import tqdm
 from .params import ParamError
 
 
+MONITORS = ("val_loss", "val_accuracy")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     max_epochs: int = 30
@@ -33,6 +37,8 @@ class TrainConfig:
     lr_find: bool = False
     eval_batch: int = 4096  # clips per no-grad evaluation pass (small when every pass runs the model)
     batch_progress: bool = False  # a progress bar per epoch, for slow (model-forward) epochs
+    monitor: str = "val_loss"  # early stopping and checkpoint choice: val_loss (lower) | val_accuracy (higher)
+    lr_key: str = "train.lr"  # the params key named when the loss diverges
 
     def check(self) -> "TrainConfig":
         if not isinstance(self.max_epochs, int) or not 0 <= self.max_epochs <= 30:
@@ -43,6 +49,8 @@ class TrainConfig:
             raise ParamError(f"params: 'train.patience' must be a positive integer, got {self.patience!r}")
         if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
             raise ParamError(f"params: 'train.batch_size' must be a positive integer, got {self.batch_size!r}")
+        if self.monitor not in MONITORS:
+            raise ParamError(f"params: 'select_on' must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
         return self
 
 
@@ -61,10 +69,10 @@ def evaluate(model, inputs: tuple, labels: torch.Tensor, batch: int = 4096) -> t
     return loss, float((logits.argmax(1) == labels).float().mean()), logits
 
 
-def _check_loss(loss: torch.Tensor, epoch: int, lr: float) -> None:
+def _check_loss(loss: torch.Tensor, epoch: int, lr: float, key: str = "train.lr") -> None:
     if not torch.isfinite(loss):
         raise ParamError(
-            f"params: 'train.lr' = {lr}: the training loss became {loss.item()} at epoch {epoch}; "
+            f"params: '{key}' = {lr}: the training loss became {loss.item()} at epoch {epoch}; "
             "lower the learning rate (nothing was written)"
         )
 
@@ -130,7 +138,11 @@ def train(model, train_inputs: tuple, train_labels, val_inputs: tuple, val_label
     history = [dict(epoch=0, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc, lr=lr)]
     if on_epoch is not None:
         on_epoch(history[0])
-    best = (val_loss, copy.deepcopy(model.state_dict()))
+
+    def score(loss, acc):  # higher is better; ties keep the earlier epoch
+        return -loss if cfg.monitor == "val_loss" else acc
+
+    best_score, best_epoch, best_state = score(val_loss, val_acc), 0, copy.deepcopy(model.state_dict())
     bad = 0
     gen = torch.Generator().manual_seed(cfg.seed)
     for epoch in tqdm(range(1, cfg.max_epochs + 1), desc=desc, leave=False, disable=cfg.max_epochs == 0 or None):
@@ -139,7 +151,7 @@ def train(model, train_inputs: tuple, train_labels, val_inputs: tuple, val_label
         batches = torch.randperm(n, generator=gen).split(cfg.batch_size)
         for idx in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not cfg.batch_progress or None):
             loss = F.cross_entropy(model(*(x[idx] for x in train_inputs)), train_labels[idx])
-            _check_loss(loss, epoch, lr)
+            _check_loss(loss, epoch, lr, cfg.lr_key)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -148,29 +160,49 @@ def train(model, train_inputs: tuple, train_labels, val_inputs: tuple, val_label
         row = dict(epoch=epoch, train_loss=total / n, train_acc=float("nan"), lr=lr)
         if has_val:
             row["val_loss"], row["val_acc"], _ = evaluate(model, val_inputs, val_labels, cfg.eval_batch)
-            _check_loss(torch.tensor(row["val_loss"]), epoch, lr)
+            _check_loss(torch.tensor(row["val_loss"]), epoch, lr, cfg.lr_key)
         else:
             row["val_loss"], row["val_acc"] = float("nan"), float("nan")
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
         if not has_val:
-            best = (float("nan"), copy.deepcopy(model.state_dict()))
+            best_epoch, best_state = epoch, copy.deepcopy(model.state_dict())
             continue
-        if row["val_loss"] < best[0]:
-            best, bad = (row["val_loss"], copy.deepcopy(model.state_dict())), 0
+        now = score(row["val_loss"], row["val_acc"])
+        if now > best_score:
+            best_score, best_epoch, best_state, bad = now, epoch, copy.deepcopy(model.state_dict()), 0
         else:
             bad += 1
             if bad >= cfg.patience:
                 break
-    model.load_state_dict(best[1])
-    for i, row in enumerate(history):
-        row["best"] = bool(has_val and row["val_loss"] == best[0] and i == _first_best(history, best[0]))
+    model.load_state_dict(best_state)
+    for row in history:
+        row["best"] = bool(has_val and row["epoch"] == best_epoch)
     return history, lr
 
 
-def _first_best(history, value) -> int:
-    for i, row in enumerate(history):
-        if row["val_loss"] == value:
-            return i
-    return -1
+def best_score(history: list[dict], monitor: str) -> float:
+    """The validation score of the kept epoch (higher is better), for choosing among learning rates."""
+    row = next((r for r in history if r.get("best")), history[-1])
+    value = -row["val_loss"] if monitor == "val_loss" else row["val_acc"]
+    return float(value) if np.isfinite(value) else -np.inf
+
+
+def train_grid(make_model, lrs, train_inputs, train_labels, val_inputs, val_labels, cfg: TrainConfig, desc="train"):
+    """Train a fresh model per learning rate of `lrs`, keep the one with the best validation score.
+
+    Returns (model, history of the kept run, chosen lr, {lr: score}). With one lr this is `train`.
+    """
+    from dataclasses import replace
+
+    best = None
+    scores = {}
+    for lr in lrs:
+        model = make_model()
+        history, used = train(model, train_inputs, train_labels, val_inputs, val_labels, replace(cfg, lr=float(lr)),
+                              desc=f"{desc} lr={lr:g}")
+        scores[float(lr)] = best_score(history, cfg.monitor)
+        if best is None or scores[float(lr)] > best[0]:
+            best = (scores[float(lr)], model, history, used)
+    return best[1], best[2], best[3], scores

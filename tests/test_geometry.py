@@ -110,6 +110,10 @@ def test_stage_statistics_detect_a_real_trend_and_not_a_null_one():
     assert got["p_adjusted"] == pytest.approx(min(1.0, 3 * expected.pvalue))  # three stage pairs
     assert got["effect"] == pytest.approx((a.mean() - b.mean()) / pooled)
     assert got["effect"] < -5
+    # every pairwise effect carries the sign of a − b: Tukey's mean difference too
+    tukey = row("pca99", "tukey_hsd").set_index(["group_a", "group_b"]).loc[("stage0", "stage2")]
+    assert tukey["effect"] == pytest.approx(a.mean() - b.mean())
+    assert np.sign(tukey["effect"]) == np.sign(got["effect"]) == np.sign(got["statistic"])
 
 
 def test_statistics_report_constant_metrics_as_undefined():

@@ -6,14 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from residual_audio import alignment as al
+from residual_audio.estimators import build
 from residual_audio.params import ParamError
 from residual_audio.protocol import make_splits, outer_folds
-from residual_audio.residual import DirectResiDual, check_mode, coefficients, dropped_part, fit_bases, rd, unit_pca
+from residual_audio.residual import RECIPES, check_mode, fit_bases, rd, unit_pca
 from residual_audio.synthetic import in_memory_store, synthetic_store, synthetic_world
-from residual_audio.training import TrainConfig, train
 from residual_audio.units import StoreError, read_units
-from residual_audio.zeroshot import FrozenHead, zeroshot_logits
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +24,6 @@ def world():
 def split(world):
     store, _, _ = world
     return make_splits(store.label, store.fold, "official", 3, 0, 0.2)[0]
-
-
-@pytest.fixture(scope="module")
-def bases(world, split):
-    store, _, _ = world
-    return fit_bases(store.units[split.train_all], store.select("heads"), store.unit_names, 0.95)
 
 
 def test_rd_equals_projection_form_with_a_full_basis():
@@ -56,122 +48,64 @@ def test_gram_route_matches_covariance_pca():
     assert np.allclose(phi @ cov @ phi.T, np.diag(ev), atol=1e-9)
 
 
-def test_untrained_residual_is_exactly_zero_shot(world, bases):
+def _fold(store, text, split, seed=0):
+    from residual_audio.estimators import FoldData
+
+    return FoldData(store, text, split, seed=seed)
+
+
+def _recipe(name="identity", **fields):
+    from dataclasses import replace
+
+    from residual_audio.recipes import REGISTRY_RECIPES
+
+    cls = REGISTRY_RECIPES[name]
+    return cls(replace(RECIPES[name], **fields))
+
+
+def test_only_lambda_is_trained_and_the_head_stays_frozen(world, split):
     store, text, _ = world
-    model = DirectResiDual(FrozenHead(text), bases)
-    pre, coef = model.features(store.units, store.embedding)
-    with torch.no_grad():
-        logits = model(pre, coef).numpy()
-    assert np.array_equal(logits, zeroshot_logits(store.embedding, text))
+    head_before = {k: v.copy() for k, v in text.projection.items()}
+    est = _recipe("identity", max_epochs=3, lr=0.05).fit(_fold(store, text, split))
+    assert [n for n, p in est.model_.named_parameters() if p.requires_grad] == ["lam"]
+    assert not est.model_.training
+    assert all(np.array_equal(head_before[k], v) for k, v in text.projection.items())
+    assert not np.array_equal(est.lam_, est.lam_init_)  # it did learn
 
 
-@pytest.mark.parametrize("beyond", ["keep", "drop"])
-def test_direct_mode_equals_explicit_per_unit_reweighting(world, bases, beyond):
-    store, text, _ = world
-    model = DirectResiDual(FrozenHead(text), bases)
-    with torch.no_grad():
-        model.lam.copy_(torch.from_numpy(np.random.default_rng(2).uniform(0, 2, len(bases.owner)).astype(np.float32)))
-    clips = slice(0, 10)
-    units = store.units[clips].astype(np.float64)
-    expected = store.const[clips].astype(np.float64) + units.sum(1)
-    lam = model.lam.detach().double().numpy()
-    for u, sl in enumerate(bases.unit_slices()):
-        x, mu, phi = units[:, bases.unit_index[u]], bases.means[u].astype(np.float64), bases.components[sl].astype(np.float64)
-        if beyond == "keep":
-            new = x + ((x - mu) @ phi.T * (lam[sl] - 1)) @ phi
-        else:
-            new = ((x - mu) @ phi.T * lam[sl]) @ phi + mu  # the paper's form, components past the threshold dropped
-        expected += new - x
-    pre, coef = model.features(store.units[clips], store.embedding[clips], beyond)
-    with torch.no_grad():
-        corrected = model.corrected_embedding(torch.from_numpy(store.embedding[clips]), coef).double().numpy()
-        if beyond == "drop":
-            corrected -= dropped_part(store.units[clips], bases)
-        assert np.allclose(corrected, expected, atol=2e-4)
-        head = model.head
-        ref = head(head.pre(torch.from_numpy(expected.astype(np.float32))))
-        assert torch.allclose(model(pre, coef), ref, atol=1e-3)
-
-
-def test_only_lambda_is_trained_and_the_model_stays_frozen(world, split, bases):
-    store, text, _ = world
-    head = FrozenHead(text)
-    before = {k: v.clone() for k, v in head.state_dict().items()}
-    model = DirectResiDual(head, bases)
-    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["lam"]
-    feats = model.features(store.units[split.train], store.embedding[split.train])
-    loss = torch.nn.functional.cross_entropy(model(*feats), torch.from_numpy(store.label[split.train]))
-    loss.backward()
-    assert model.lam.grad is not None and model.lam.grad.abs().sum() > 0
-    assert all(b.grad is None for b in model.buffers())
-    train(model, feats, store.label[split.train], model.features(store.units[split.val], store.embedding[split.val]),
-          store.label[split.val], TrainConfig(max_epochs=3, lr=0.05))
-    assert not model.training and all(torch.equal(before[k], v) for k, v in head.state_dict().items())
-
-
-def test_zero_epochs_give_exactly_the_zero_shot_result(world, split, bases):
-    store, text, _ = world
-    zs = al.run_zeroshot(store, split, text)
-    rd0 = al.run_residual(store, split, text, bases, TrainConfig(max_epochs=0))
-    assert np.array_equal(zs.logits, rd0.logits)
-    assert np.array_equal(rd0.extra["lam"], np.ones(len(bases.owner), dtype=np.float32))
-
-
-def test_training_switches_off_nuisance_heads_and_beats_zero_shot(world, split, bases):
+def test_training_switches_off_nuisance_heads_and_beats_zero_shot(world, split):
     store, text, truth = world
-    zs = al.run_zeroshot(store, split, text)
-    res = al.run_residual(store, split, text, bases, TrainConfig(max_epochs=30, lr=0.05, batch_size=16))
+    data = _fold(store, text, split)
+    zs = build("zeroshot", {}).fit(data).logits(data, split.test)
+    est = _recipe("identity", max_epochs=30, lr=0.05, batch_size=16).fit(data)
     y = store.label[split.test]
-    acc_zs, acc_rd = (zs.logits.argmax(1) == y).mean(), (res.logits.argmax(1) == y).mean()
+    acc_zs, acc_rd = (zs.argmax(1) == y).mean(), (est.logits(data, split.test).argmax(1) == y).mean()
     assert acc_zs < 0.9 and acc_rd > acc_zs + 0.1
-    lam, owner = res.extra["lam"], res.extra["owner"]
-    nuisance = [bases.unit_names.index(u) for u in truth["nuisance_units"]]
-    signal = [bases.unit_names.index(u) for u in truth["signal_units"]]
+    lam, owner, names = est.lam_, est.bases_.owner, est.bases_.unit_names
+    nuisance = [names.index(u) for u in truth["nuisance_units"]]
+    signal = [names.index(u) for u in truth["signal_units"]]
     assert np.abs(lam[np.isin(owner, nuisance)]).mean() < 0.5
     assert lam[np.isin(owner, signal)].mean() > 1.0
-    assert res.params == len(bases.owner)
 
 
-def test_no_test_clip_reaches_bases_means_or_early_stopping(world):
-    store, text, _ = world
-    for split in make_splits(store.label, store.fold, "official", 3, 0, 0.2):
-        assert not set(split.test) & set(split.train_all) and not set(split.val) & set(split.test)
-        poisoned = in_memory_store({"direct/units": store.units.copy(), "direct/const": store.const, "embedding": store.embedding.copy(),
-                                    "label": store.label, "fold": store.fold, "audio_embed": store.audio_embed},
-                                   {**store.attrs, "units": store.unit_names, "classes": store.classes})
-        poisoned.units[split.test] = np.nan
-        poisoned.embedding[split.test] = np.nan
-        b_clean = fit_bases(store.units[split.train_all], store.select("heads"), store.unit_names, 0.9)
-        b_pois = fit_bases(poisoned.units[split.train_all], poisoned.select("heads"), poisoned.unit_names, 0.9)
-        assert np.array_equal(b_clean.means, b_pois.means) and np.array_equal(b_clean.components, b_pois.components)
-        # training and early stopping never see a test clip: with NaN there, they would fail (NaN loss)
-        res = al.run_residual(poisoned, split, text, b_pois, TrainConfig(max_epochs=4, lr=0.05))
-        assert np.isfinite(res.extra["lam"]).all() and np.isnan(res.logits).all()
-        clean = al.run_residual(store, split, text, b_clean, TrainConfig(max_epochs=4, lr=0.05))
-        assert np.array_equal(clean.extra["lam"], res.extra["lam"])
-        break
-
-
-def test_nan_loss_is_a_clear_error_naming_the_key(world, split, bases):
+def test_non_finite_units_are_a_clear_error(world, split):
     store, text, _ = world
     bad = in_memory_store({"direct/units": store.units.copy(), "direct/const": store.const, "embedding": store.embedding,
                            "label": store.label, "fold": store.fold, "audio_embed": store.audio_embed},
                           {**store.attrs, "units": store.unit_names, "classes": store.classes})
-    bad.units[split.train[0], bases.unit_index[0]] = np.inf
-    with pytest.raises(ParamError, match="train.lr"):
-        al.run_residual(bad, split, text, bases, TrainConfig(max_epochs=2))
+    bad.units[split.train[0], store.select("heads")[0]] = np.inf
+    with pytest.raises(StoreError, match="non-finite direct contribution of layers.0.blocks.0.attn.head0"):
+        _recipe("identity", max_epochs=2, lr=0.05).fit(_fold(bad, text, split))
 
 
-def test_baselines_run_on_the_same_folds(world, split):
+def test_untrained_identity_maps_are_zero_shot(world, split):
+    """Linear (W = I, b = 0) and the adapter (W = I) at 0 epochs score like zero-shot."""
     store, text, _ = world
-    probe = al.run_probe(store, split, text)
-    adapter = al.run_adapter(store, split, text, TrainConfig(max_epochs=2, lr=0.01))
-    y = store.label[split.test]
-    assert probe.logits.shape == adapter.logits.shape == (len(split.test), len(store.classes))
-    assert (probe.logits.argmax(1) == y).mean() > 1 / len(store.classes)
-    assert probe.params == len(store.classes) * 513 and adapter.params == 512 * 512
-    zero = al.run_adapter(store, split, text, TrainConfig(max_epochs=0))
-    assert np.allclose(zero.logits, al.run_zeroshot(store, split, text).logits, atol=1e-5)
+    data = _fold(store, text, split)
+    zs = build("zeroshot", {}).fit(data).logits(data, split.test)
+    params = {"train": {"max_epochs": 0}}
+    for name in ("linear", "linear_adapter"):
+        np.testing.assert_allclose(build(name, params).fit(data).logits(data, split.test), zs, atol=1e-4)
 
 
 def test_protocol_folds_and_bad_splits():
@@ -210,7 +144,7 @@ def test_store_reader_checks_the_exact_sum(tmp_path):
     synthetic_store(tmp_path / "s.zarr", n_per_class=2, n_classes=3)
     store = read_units(tmp_path / "s.zarr")
     assert store.units.shape == (6, 197, 768) and len(store.select("heads")) == 184 and len(store.select("heads+mlp")) == 196
-    assert np.allclose(coefficients(store.units, fit_bases(store.units, store.select("heads")[:3], store.unit_names, 1.0)).shape, (6, 15))
+    assert fit_bases(store.units, store.select("heads")[:3], store.unit_names, 1.0).components.shape == (15, 768)
     import zarr
 
     g = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
