@@ -182,7 +182,14 @@ def test_matches_the_map_hooked_on_laions_own_modules(model, hooked, clips, gran
 
 def test_stage_granularity_has_one_lambda_vector_per_stage(hooked, clips):
     est, _ = fitted(hooked, clips, untrained("full"), "stage", [0, 1])
-    assert est.n_params_ == 96 + 192 == len(est.lam_)  # variance 1.0: every component of both stages
+    with torch.no_grad():
+        _, cache = hooked.run_with_cache(clips["mel"][SPLIT.train], names=lambda n: n.endswith("hook_attn_out"))
+    for u, s in enumerate((0, 1)):  # variance 1.0: every component above float32 noise over the stage's tokens
+        tokens = torch.cat([cache[f"layers.{s}.blocks.{b}.hook_attn_out"].flatten(0, 1) for b in (0, 1)]).double().numpy()
+        ev = np.linalg.eigvalsh(np.cov(tokens.T))
+        assert (ev > 1e-8 * ev.sum()).sum() <= est.bases_.counts[u] <= tokens.shape[1]
+        assert est.bases_.counts[u] >= 0.9 * tokens.shape[1]
+    assert est.n_params_ == len(est.lam_) == est.bases_.counts.sum()
     assert est.bases_.unit_names == ["layers.0.attn_out", "layers.1.attn_out"]
     assert [name for name, _ in est.model_.sites] == [f"layers.{s}.blocks.{b}.hook_attn_out" for s in (0, 1) for b in (0, 1)]
     coarse, _ = fitted(hooked, clips, untrained("coarse"), "stage", [0, 3])
