@@ -130,4 +130,4 @@ def _load_all() -> None:
 
 
 # modules whose import registers methods; a module adding methods joins this list
-METHOD_MODULES: list[str] = ["baselines", "recipes"]
+METHOD_MODULES: list[str] = ["baselines", "recipes", "inject"]

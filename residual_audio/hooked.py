@@ -242,6 +242,18 @@ class HookedHTSAT:
                 x = self._merge(layer.downsample, x, s, table)
         return x
 
+    def run_stages(self, x: torch.Tensor, start_stage: int, stop_stage: int, hooks=None) -> torch.Tensor:
+        """The stream entering `stop_stage` (the last stage's output for n_stages), from a log-mel
+        (`start_stage` 0) or from the stream entering `start_stage`; hooks of the stages run fire."""
+        if self.model.training:
+            raise RuntimeError("the frozen model must stay in eval() mode")
+        if not start_stage < stop_stage <= len(self.arch.depths):
+            raise ValueError(f"stop_stage must be in {start_stage + 1}..{len(self.arch.depths)}, got {stop_stage}")
+        table = self._normalise_hooks(hooks)
+        if start_stage == 0:
+            return self._stages(x, table, 0, None, stop_stage)
+        return self._stages(None, table, start_stage, x, stop_stage)
+
     def stream_into(self, stage: int, mel: torch.Tensor, hooks=None) -> torch.Tensor:
         """The residual stream entering `stage` ([B, T_s, C_s]; stage 0: after the patch embedding),
         computed from a log-mel without running the later stages. Feeding it back as
