@@ -272,8 +272,10 @@ def figure(curves, dataset: str, weights: str, path: Path) -> None:
     for i, (method, part) in enumerate((m, g) for m, g in curves.groupby("method", sort=False) if m != "zeroshot_reference"):
         color = f"C{i % 10}"
         shots = part[part.point != "full"].sort_values("shots")
+        counts = sorted(set(shots.params))
+        n_params = f"{counts[0]} params" if len(counts) == 1 else f"{counts[0]}–{counts[-1]} params"
         ax.errorbar(shots.shots, shots.accuracy_mean, yerr=shots.accuracy_std, marker="o", ms=4, capsize=2,
-                    color=color, label=f"{method} ({int(shots.params.max())} params)")
+                    color=color, label=f"{method} ({n_params})")
         full = part[part.point == "full"]
         if len(full) and len(shots):
             ax.plot([shots.shots.iloc[-1], full.shots.iloc[0]], [shots.accuracy_mean.iloc[-1], full.accuracy_mean.iloc[0]],

@@ -161,3 +161,58 @@ def test_fewshot_stage_with_prompt_learning(project, model, tokenizer, shared_da
     assert set(metrics["syn"]["accuracy"]["prompt_learning"]) == {"1"}
     runs = pd.read_csv(project / "plots/fewshot/runs.csv")
     assert set(runs.params) == {5 * 768}
+
+
+class Recorder:
+    """Registered for one test: zero-shot logits, and a record of what each fit was given."""
+
+    seen: list = []
+
+
+@pytest.fixture
+def extra_methods():
+    from residual_audio.estimators import REGISTRY, Estimator, register
+
+    class ZeroShotRecorder(Estimator):
+        name = "test_recorder"
+
+        def fit(self, data):
+            Recorder.seen.append(data)
+            self.n_params_ = 0
+            return self
+
+        def logits(self, data, idx):
+            return zeroshot_logits(data.store.embedding[idx], data.text)
+
+    class EncoderMethod(ZeroShotRecorder):
+        name = "test_encoder_method"
+        needs = frozenset({"encoder"})
+
+    Recorder.seen = []
+    register(ZeroShotRecorder)
+    register(EncoderMethod)
+    yield
+    del REGISTRY["test_recorder"], REGISTRY["test_encoder_method"]
+
+
+def test_any_registered_method_runs_and_inject_methods_only_when_asked(project, extra_methods):
+    p = params(methods=["test_recorder", "tip_adapter", "test_encoder_method"], shots=[1, 2], seeds=1)
+    with pytest.warns(UserWarning, match="test_encoder_method.*fewshot.inject"):
+        metrics = fewshot_dataset(p, "syn")
+    assert set(metrics["syn"]["accuracy"]) == {"test_recorder", "tip_adapter"}
+    assert len(Recorder.seen) == 2 * 2  # folds × shots
+    splits = make_splits(np.repeat(np.arange(5), 8), np.tile(np.arange(8) % 5 + 1, 5), "stratified", 2, 0, 0.0)
+    for data in Recorder.seen:
+        k = int(data.split.name.split("/")[-1][0])
+        fold = next(s for s in splits if s.name == data.split.name.split("/")[0])
+        assert len(data.split.val) == 0  # no "validation" in its needs: no validation draw
+        assert np.array_equal(np.bincount(data.labels[data.split.train]), np.full(5, k))
+        assert np.array_equal(data.unlabelled_clips(), fold.train_all)
+        assert np.array_equal(data.split.test, fold.test)
+    # its accuracy is the zero-shot level at every shot count
+    curves = pd.read_csv(project / "plots/fewshot/curves.csv", dtype={"point": str})
+    ref = curves[curves.method == "zeroshot_reference"].accuracy_mean.item()
+    assert metrics["syn"]["accuracy"]["test_recorder"]["1"]["mean"] == pytest.approx(ref)
+    p["fewshot"]["inject"] = True
+    with pytest.raises(ParamError, match="'encoder'"):
+        fewshot_dataset(p, "syn")
