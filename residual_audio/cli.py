@@ -47,6 +47,10 @@ STAGES = {s.name: s for s in (
           "method × dataset table from every dataset's results -> metrics/comparison.md, metrics/summary.json"),
     Stage("ablation", "experiment:ablation_stage", True, ("datasets", "seed", "cv", "ablation", "model.variant"),
           "mean (and optionally total-effect) ablation of every head -> plots/ablation/<dataset>.csv"),
+    Stage("fewshot", "fewshot:fewshot_stage", True,
+          ("datasets", "seed", "cv.scheme", "cv.k", "fewshot", "tip_adapter", "prompt_learning", "model.variant",
+           "train", "baselines", "probe", "residual"),
+          "few-shot curves of `fewshot.methods` -> metrics/<dataset>/fewshot.json, plots/fewshot/<dataset>/"),
     Stage("geometry", "geometry:stage", False, ("datasets", "geometry"),
           "intrinsic dimension and statistics of every head -> plots/geometry/, metrics/geometry.json"),
 )}

@@ -65,7 +65,9 @@ class Estimator:
     """Base class: subclasses set `name`, implement `fit`, `logits` and (if they learn) `artefacts`."""
 
     name: ClassVar[str] = ""
-    # what the method needs beyond stored tensors, e.g. {"encoder"} or {"text_encoder"}
+    # what the method needs beyond stored tensors, e.g. {"encoder"} or {"text_encoder"};
+    # "validation": it selects hyper-parameters on validation clips (the few-shot protocol
+    # then draws k per class for it; methods without it get none and use fixed values)
     needs: ClassVar[frozenset] = frozenset()
 
     @classmethod
@@ -130,4 +132,4 @@ def _load_all() -> None:
 
 
 # modules whose import registers methods; a module adding methods joins this list
-METHOD_MODULES: list[str] = ["baselines", "recipes", "inject"]
+METHOD_MODULES: list[str] = ["baselines", "recipes", "inject", "peers", "prompt_learning"]

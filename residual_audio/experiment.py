@@ -64,8 +64,8 @@ class AlignmentParams:
                    get(params, "model.variant", None))
 
 
-def splits_for(store, p: AlignmentParams) -> list[Split]:
-    return make_splits(store.label, store.fold, p.scheme, p.k, p.seed, p.val_fraction)
+def splits_for(store, p: AlignmentParams, warn: bool = True) -> list[Split]:
+    return make_splits(store.label, store.fold, p.scheme, p.k, p.seed, p.val_fraction, warn=warn)
 
 
 def _store(dataset: str):
@@ -244,7 +244,7 @@ def ablation_stage(params: dict, dataset: str, geometry: str | Path = "plots/geo
     for ds in p.datasets:
         store = _store(ds)
         text = load_text_side(TEXT_DIR / f"{ds}.npz", store.classes)
-        splits = splits_for(store, p)
+        splits = splits_for(store, p, warn=False)  # `train` reports the folds
         table = mean_ablation(store, splits, text)
         weights = _weights(store, text)
         heads, blocks = table[table.kind == "head"], table[table.kind == "block"]

@@ -91,8 +91,16 @@ def validation_split(train_idx: np.ndarray, labels: np.ndarray, fraction: float,
     return np.sort(tr), np.sort(va)
 
 
-def make_splits(labels, folds, scheme: str, k: int, seed: int, val_fraction: float) -> list[Split]:
-    """Every fold with its validation split; checks each side holds every class."""
+def make_splits(labels, folds, scheme: str, k: int, seed: int, val_fraction: float, warn: bool = True) -> list[Split]:
+    """Every fold with its validation split; checks each side holds every class.
+
+    `warn=False` silences the protocol's warnings (scheme fallback, small validation splits):
+    the `train` stage decides the folds and says so; later stages that rebuild the same folds
+    do not repeat it."""
+    if not warn:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return make_splits(labels, folds, scheme, k, seed, val_fraction)
     labels = np.asarray(labels, dtype=np.int64)
     check_labels(labels, labels.max() + 1 if len(labels) else 0, "dataset")
     classes = np.unique(labels)

@@ -1,0 +1,11 @@
+"""DVC stage `fewshot` (`python stages/fewshot.py <dataset>`; `--help` says what it reads and writes)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from residual_audio.stage import main  # noqa: E402
+
+if __name__ == "__main__":
+    main("fewshot")

@@ -1,0 +1,172 @@
+"""Tip-Adapter, Tip-Adapter-F and prompt learning against independent re-derivations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from residual_audio.estimators import FoldData, build
+from residual_audio.peers import TipAdapter, TipAdapterF
+from residual_audio.protocol import Split, make_splits
+from residual_audio.synthetic import in_memory_store, synthetic_world
+from residual_audio.zeroshot import zeroshot_logits
+
+
+@pytest.fixture(scope="module")
+def world():
+    arrays, attrs, text, _ = synthetic_world(n_per_class=8, n_classes=5, seed=3)
+    store = in_memory_store(arrays, attrs)
+    split = make_splits(store.label, store.fold, "stratified", 2, 0, 0.0)[0]
+    rng = np.random.default_rng(0)
+    fit, val = [], []
+    for c in range(5):
+        pool = rng.permutation(split.train_all[store.label[split.train_all] == c])
+        fit += list(pool[:2])
+        val += list(pool[2:4])
+    return store, text, Split("f0", np.sort(fit), np.sort(val), split.test)
+
+
+def numpy_audio(text, embedding):
+    """Normalised 512-d audio embeddings and zero-shot logits, re-derived in float64 numpy."""
+    p = text.projection
+    h = np.maximum(embedding.astype(np.float64) @ p["w1"].T.astype(np.float64) + p["b1"], 0)
+    a = h @ p["w2"].T.astype(np.float64) + p["b2"]
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    return a, text.logit_scale * a @ text.class_embeddings.T.astype(np.float64)
+
+
+def numpy_tip(text, embedding, keys_embedding, key_labels, n_classes, alpha, beta):
+    a, zs = numpy_audio(text, embedding)
+    keys, _ = numpy_audio(text, keys_embedding)
+    values = np.eye(n_classes)[key_labels]
+    return zs + alpha * np.exp(-beta * (1 - a @ keys.T)) @ values
+
+
+def test_tip_adapter_alpha_zero_is_exactly_zeroshot(world):
+    store, text, split = world
+    data = FoldData(store, text, split)
+    est = TipAdapter(alpha=[0.0], beta=[5.5]).fit(data)
+    got = est.logits(data, split.test)
+    assert np.array_equal(got, zeroshot_logits(store.embedding[split.test], text))
+    assert est.n_params_ == 0
+    # and the cache term is not zero, so α does matter
+    other = TipAdapter(alpha=[1.0], beta=[5.5]).fit(data).logits(data, split.test)
+    assert np.abs(other - got).max() > 1e-3
+
+
+def test_tip_adapter_matches_numpy_formula(world):
+    store, text, split = world
+    data = FoldData(store, text, split)
+    got = TipAdapter(alpha=[0.7], beta=[3.0]).fit(data).logits(data, split.test)
+    want = numpy_tip(text, store.embedding[split.test], store.embedding[split.train], store.label[split.train], 5, 0.7, 3.0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_tip_adapter_grid_search_on_validation(world):
+    store, text, split = world
+    alphas, betas = [0.1, 1.0, 5.0, 50.0], [0.5, 3.0, 7.0]
+    est = TipAdapter(alpha=alphas, beta=betas).fit(FoldData(store, text, split))
+    best, pick = -1.0, None
+    for b in betas:  # plain re-derivation: first best in grid order, β outer
+        for a in alphas:
+            logits = numpy_tip(text, store.embedding[split.val], store.embedding[split.train], store.label[split.train], 5, a, b)
+            acc = (logits.argmax(1) == store.label[split.val]).mean()
+            if acc > best:
+                best, pick = acc, (a, b)
+    assert (est.alpha_, est.beta_) == pick
+    assert est.val_acc_ == pytest.approx(best)
+
+
+def test_tip_adapter_without_validation_uses_initial_values(world):
+    store, text, split = world
+    est = TipAdapter().fit(FoldData(store, text, Split("f", split.train, np.array([], dtype=np.int64), split.test)))
+    assert (est.alpha_, est.beta_) == (1.0, 1.0)
+
+
+def test_tip_adapter_f_trains_the_keys_only(world):
+    store, text, split = world
+    data = FoldData(store, text, split, seed=1)
+    untrained = TipAdapterF(epochs=0).fit(data)
+    plain = TipAdapter().fit(data)
+    np.testing.assert_array_equal(untrained.keys_.numpy(), plain.keys_.numpy())
+    np.testing.assert_array_equal(untrained.logits(data, split.test), plain.logits(data, split.test))
+    est = TipAdapterF(epochs=20).fit(data)
+    assert est.n_params_ == len(split.train) * 512
+    assert est.artefacts()["keys"].shape == (len(split.train), 512)
+    np.testing.assert_array_equal(est.values_.numpy(), np.eye(5)[store.label[split.train]])
+    losses = [r["train_loss"] for r in est.history_ if "train_loss" in r and np.isfinite(r["train_loss"])]
+    assert len(losses) == 20 and losses[-1] < losses[0]
+    # the keys the logits use are the kept epoch's; the formula is the same as Tip-Adapter's
+    keys = est.keys_.numpy().astype(np.float64)
+    a, zs = numpy_audio(text, store.embedding[split.test])
+    want = zs + est.alpha_ * np.exp(-est.beta_ * (1 - a @ keys.T)) @ np.eye(5)[store.label[split.train]]
+    np.testing.assert_allclose(est.logits(data, split.test), want, rtol=1e-4, atol=1e-4)
+
+
+def test_from_params_validates_the_grid():
+    from residual_audio.params import ParamError
+
+    with pytest.raises(ParamError, match="tip_adapter.alpha"):
+        build("tip_adapter", {"tip_adapter": {"alpha": []}})
+    with pytest.raises(ParamError, match="tip_adapter.epochs"):
+        build("tip_adapter_f", {"tip_adapter": {"epochs": -1}})
+    with pytest.raises(ParamError, match="prompt_learning.epochs"):
+        build("prompt_learning", {"prompt_learning": {"epochs": "many"}})
+    assert build("tip_adapter", {"tip_adapter": {"alpha": [0, 1], "beta": [2]}}).get_params() == {"alpha": (0.0, 1.0), "beta": (2.0,)}
+
+
+# --------------------------------------------------------------------------- prompt learning
+
+
+@pytest.fixture(scope="module")
+def prompt_world(model, tokenizer):
+    from residual_audio.zeroshot import build_text_side
+
+    arrays, attrs, _, _ = synthetic_world(n_per_class=4, n_classes=5, seed=5)
+    classes = ["dog", "chirping_birds", "vacuum cleaner", "church bells", "rain"]
+    attrs = dict(attrs, classes=classes)
+    text = build_text_side(model, tokenizer, classes, ["This is a sound of {label}."])
+    store = in_memory_store(arrays, attrs)
+    split = make_splits(store.label, store.fold, "stratified", 2, 0, 0.0)[0]
+    return store, text, split
+
+
+@pytest.mark.shared
+def test_untrained_prompts_equal_the_zeroshot_text_vectors(model, tokenizer, prompt_world):
+    from residual_audio.clap import PROMPT, tokenize
+
+    store, text, split = prompt_world
+    data = FoldData(store, text, split, context={"model": model, "tokenizer": tokenizer})
+    est = build("prompt_learning", {"prompt_learning": {"epochs": 0}}).fit(data)
+    # against the text cache (input ids, 77 tokens) ...
+    np.testing.assert_allclose(est.class_embeddings_.numpy(), text.class_embeddings, atol=2e-5)
+    # ... and against LAION's own text path
+    with torch.no_grad():
+        texts = [PROMPT.format(label=c.replace("_", " ")) for c in text.classes]
+        laion = torch.nn.functional.normalize(model.encode_text(tokenize(tokenizer, texts), "cpu"), dim=-1)
+    np.testing.assert_allclose(est.class_embeddings_.numpy(), laion.numpy(), atol=2e-5)
+    # "This is a sound of" is 5 tokens: 5 × 768 trainable numbers
+    assert est.n_params_ == 5 * 768 == est.ctx_.numel()
+    np.testing.assert_allclose(est.logits(data, split.test), text.logit_scale * numpy_audio(text, store.embedding[split.test])[0]
+                               @ text.class_embeddings.T.astype(np.float64), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.shared
+def test_prompt_learning_trains_only_the_context(model, tokenizer, prompt_world):
+    store, text, split = prompt_world
+    before = {k: v.clone() for k, v in model.text_branch.state_dict().items()}
+    data = FoldData(store, text, split, context={"model": model, "tokenizer": tokenizer})
+    est = build("prompt_learning", {"prompt_learning": {"epochs": 2}}).fit(data)
+    assert len(est.history_) == 2 and est.history_[0]["lr"] == pytest.approx(0.002)  # after the warm-up epoch
+    assert not torch.equal(est.ctx_, model.text_branch.embeddings.word_embeddings.weight[[713, 16, 10, 2369, 9]])
+    assert all(torch.equal(v, model.text_branch.state_dict()[k]) for k, v in before.items())
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 0
+    assert not model.training
+
+
+def test_coop_epochs():
+    from residual_audio.prompt_learning import PromptLearning, coop_epochs
+
+    assert [coop_epochs(k) for k in (1, 2, 4, 8, 16)] == [50, 100, 100, 200, 200]
+    assert PromptLearning()._epochs(np.array([0, 0, 1, 1])) == 100
