@@ -172,11 +172,14 @@ def safe_load(path: str | os.PathLike, mmap: bool = False):
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL (\S+)", str(exc)) or re.search(r"WeightsUnpickler error: ([^\n]*)", str(exc))
-        what = found.group(1).rstrip(".") if found else exc.__class__.__name__
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found is None:
+            detail = re.search(r"WeightsUnpickler error: ([^\n]*)", str(exc))
+            detail = detail.group(1) if detail else str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail or exc.__class__.__name__})") from None
         raise CheckpointError(
-            f"{path}: refused to load: the file needs '{what}', which is not a tensor, container or "
-            "numpy scalar (loading it could run code from the file)"
+            f"{path}: refused to load: the file needs '{found.group(1).rstrip('.')}', which is not a tensor, "
+            "container or numpy scalar (loading it could run code from the file)"
         ) from None
     except RuntimeError as exc:
         if mmap and "mmap" in str(exc):  # legacy (non-zip) format: no memory map

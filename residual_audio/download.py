@@ -29,9 +29,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .clap import read_checkpoint
+from .clap import CheckpointError, read_checkpoint
 from .datasets import DATASETS, DatasetError, check_options, list_clips
-from .io import atomic_path, remove_stale, sha256_file, transaction
+from .io import RUNS_DIR, atomic_path, remove_stale, sha256_file, transaction
 from .params import ParamError, check, get
 
 OFFICIAL_SOURCES: dict[str, list[str] | None] = {
@@ -517,7 +517,10 @@ def fetch_model(
         if ckpt_request is not None:
             if not _reuse(old, out, "checkpoint", ckpt_request, ["checkpoint.pt"], tmp):
                 fetch_file(checkpoint, tmp / "checkpoint.pt", checkpoint_sha256, "model.checkpoint")
-            read_checkpoint(tmp / "checkpoint.pt", mmap=True)  # refuses a file that would run code, before it is placed
+            try:  # refuse a file that would run code (or is no checkpoint) before it is placed
+                read_checkpoint(tmp / "checkpoint.pt", mmap=True)
+            except CheckpointError as exc:
+                raise CheckpointError(str(exc).replace(str(tmp / "checkpoint.pt"), checkpoint, 1)) from None
             files = _describe(tmp, ["checkpoint.pt"])
             manifest["checkpoint"] = {"request": ckpt_request, "files": files}
             manifest["checkpoint_sha256"] = files["checkpoint.pt"]["sha256"]
@@ -599,7 +602,7 @@ def run(params: dict, workdir: str | os.PathLike = ".") -> dict:
     max_mb = get(params, "download.max_unpacked_mb", MAX_UNPACKED_MB)
     max_members = get(params, "download.max_members", MAX_MEMBERS)
     try:
-        with transaction("download"):  # both outputs are replaced together, or neither is
+        with transaction("download", workdir / RUNS_DIR):  # both outputs are replaced together, or neither is
             data = fetch_dataset(
                 source, workdir / "data" / "raw" / name, config.get("sha256"),
                 key=f"data.{name}.source", check_dataset=name, options=options,
