@@ -606,3 +606,31 @@ def test_download_checks_every_source_before_writing_any(tmp_path):
     with pytest.raises(CheckpointError, match=rf"^{tmp_path / 'bad.pt'}: not a readable PyTorch checkpoint"):
         download(params, work)
     assert not (work / "data" / "raw" / "esc50").exists() and not (work / "data" / "models").exists()
+
+
+def snapshot(root: Path, folders=("metrics", "plots")) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): sha256(p) for d in folders for p in sorted((root / d).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_evaluate_out_of_space_keeps_the_previous_outputs(tmp_path):
+    from test_alignment_stages import _project
+
+    root = _project(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    for stage in ("bases", "baselines", "train", "evaluate"):
+        out = subprocess.run([sys.executable, f"stages/{stage}.py"], cwd=root, env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+    before = snapshot(root)
+    assert any(k.endswith(".png") for k in before) and "metrics/residual.json" in before
+    (root / "metrics" / "residual.json").write_text("{}\n")  # so that a rewrite would show
+    before = snapshot(root)
+    limited = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192)); sys.argv = ['stages/evaluate.py']; "
+               "runpy.run_path('stages/evaluate.py', run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", limited], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and len(lines) == 1 and "out of disk space" in lines[0], out.stderr[-2000:]
+    assert snapshot(root) == before  # metrics not rewritten, no figure lost
+    assert not [p for p in root.rglob(".*.tmp-*")] and not [p for p in root.rglob(".*.old-*")]
