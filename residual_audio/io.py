@@ -177,6 +177,9 @@ class Transaction:
 
     def close(self) -> None:
         self.log.unlink(missing_ok=True)
+        for folder in (self.log.parent, self.log.parent.parent):  # leave no empty bookkeeping folders
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def recover(runs_dir: Path = RUNS_DIR) -> list[str]:

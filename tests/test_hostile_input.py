@@ -515,7 +515,7 @@ def test_kill_9_leftovers_are_removed_by_the_next_run_but_a_live_runs_are_kept(t
         live.wait()
     assert finish("ok")[0] == 0
     assert hidden(root / "out") == [] and hidden(root / "metrics") == []
-    assert not list((root / rio.RUNS_DIR).glob("*.jsonl"))
+    assert not (root / rio.RUNS_DIR).exists()
 
 
 def test_a_failing_stage_leaves_every_previous_output_as_it_was(toy):
@@ -574,7 +574,7 @@ def test_a_commit_cut_short_is_rolled_forward_at_the_next_start(tmp_path, monkey
     with rio.transaction("toy"):
         pass
     assert finals[0].read_text() == "new a" and (finals[1] / "chunk").read_text() == "new store"
-    assert hidden(tmp_path) == [".residual_audio"] and not list(runs.iterdir())
+    assert hidden(tmp_path) == []
 
 
 def test_a_journal_cut_short_rolls_back(tmp_path, monkeypatch):
