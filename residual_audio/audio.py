@@ -20,21 +20,46 @@ SAMPLE_RATE = 48000
 CLIP_SAMPLES = 480000  # 10 s
 MIN_SAMPLE_RATE = 4000
 MAX_SAMPLE_RATE = 384000
+MIN_SECONDS = 0.1  # default of `preprocess.min_seconds`
 
 
 class AudioError(ValueError):
     """The audio file cannot be used; the message names the file."""
 
 
+def check_wav_complete(path: Path) -> None:
+    """A WAV whose header promises more sample data than the file holds is refused.
+
+    libsndfile silently reads what is there, so a truncated copy would pass as a shorter clip.
+    """
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return  # not a plain RIFF/WAVE file (RF64, other formats): libsndfile checks those
+        size = path.stat().st_size
+        offset = 12
+        while offset + 8 <= size:
+            f.seek(offset)
+            chunk, length = f.read(4), int.from_bytes(f.read(4), "little")
+            if chunk == b"data":
+                if length not in (0, 0xFFFFFFFF) and offset + 8 + length > size:
+                    raise AudioError(f"{path}: truncated WAV: the header promises {length} bytes of samples, "
+                                     f"the file holds {size - offset - 8}")
+                return
+            offset += 8 + length + (length & 1)
+
+
 def decode(path: str | Path) -> tuple[np.ndarray, int]:
     """Read an audio file as float32 mono in [-1, 1] plus its sample rate.
 
-    Multi-channel audio is mixed down by averaging channels. Corrupt, empty, all-silent
-    or non-finite audio raises AudioError naming the file.
+    Multi-channel audio is mixed down by averaging channels. Corrupt, truncated, empty,
+    all-silent or non-finite audio raises AudioError naming the file, and so does a
+    mix-down whose channels cancel (anti-phase stereo).
     """
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: audio file not found")
+    check_wav_complete(path)
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/TypeError
@@ -45,10 +70,27 @@ def decode(path: str | Path) -> tuple[np.ndarray, int]:
         raise AudioError(f"{path}: audio contains NaN or infinite samples")
     if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
         raise AudioError(f"{path}: unsupported sample rate {sr} Hz (expected {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE})")
-    mono = data.mean(axis=1, dtype=np.float64).astype(np.float32)
-    if not np.any(mono):
+    if not np.any(data):
         raise AudioError(f"{path}: audio is entirely silent")
+    mono = data.mean(axis=1, dtype=np.float64).astype(np.float32)
+    if not np.any(quantize_int16(mono)):
+        peak = float(np.abs(data).max())
+        raise AudioError(f"{path}: audio is silent once mixed down to mono and quantised to int16 (channel peak "
+                         f"{peak:.3g}, mono peak {float(np.abs(mono).max()):.3g}; anti-phase channels cancel)")
     return mono, int(sr)
+
+
+def check_duration(path, n: int, sr: int, min_seconds: float = MIN_SECONDS) -> None:
+    """Refuse a clip shorter than `min_seconds`: it would be repeated many times to fill 10 s."""
+    if n / sr < min_seconds:
+        raise AudioError(f"{path}: clip lasts {n / sr:.4f} s, shorter than preprocess.min_seconds = {min_seconds}")
+
+
+def check_audible(path, x: np.ndarray) -> np.ndarray:
+    """After resampling and int16 quantisation the clip must still hold a non-zero sample."""
+    if not np.any(x):
+        raise AudioError(f"{path}: audio is silent after resampling and int16 quantisation")
+    return x
 
 
 def resample(x: np.ndarray, sr: int, target: int = SAMPLE_RATE) -> np.ndarray:
@@ -95,10 +137,10 @@ def fit_length(x: np.ndarray, length: int = CLIP_SAMPLES, crop: str | int = "sta
     return x
 
 
-def prepare(path: str | Path, crop: str | int = "start") -> tuple[np.ndarray, dict]:
+def prepare(path: str | Path, crop: str | int = "start", min_seconds: float = MIN_SECONDS) -> tuple[np.ndarray, dict]:
     """The model-ready 10 s, 48 kHz waveform of one file, and facts about the original."""
     x, sr = decode(path)
+    check_duration(path, len(x), sr, min_seconds)
     info = {"orig_sr": sr, "duration": len(x) / sr}
-    x = resample(x, sr)
-    x = quantize_int16(x)
+    x = check_audible(path, quantize_int16(resample(x, sr)))
     return fit_length(x, CLIP_SAMPLES, crop), info

@@ -14,6 +14,8 @@ import contextlib
 import copy
 import json
 import os
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,20 +150,60 @@ def build_model(variant: str = "tiny", seed: int = 0):
     return model
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
+# Official LAION-CLAP files are training checkpoints: besides tensors they pickle numpy
+# scalars (`epoch`, scores), so `torch.load(weights_only=True)` needs exactly these types
+# allowed. Anything else (a function, a class with `__reduce__`) is refused, never run.
+def _numpy_safe_globals() -> list:
+    import numpy.core.multiarray as multiarray
+
+    types = [multiarray.scalar, np.dtype]
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles dtypes by their class
+    if dtypes is not None:
+        types += [getattr(dtypes, n) for n in (
+            "BoolDType", "Int8DType", "Int16DType", "Int32DType", "Int64DType", "UInt8DType", "UInt16DType",
+            "UInt32DType", "UInt64DType", "Float16DType", "Float32DType", "Float64DType",
+        ) if hasattr(dtypes, n)]
+    return types
+
+
+def safe_load(path: str | os.PathLike, mmap: bool = False):
+    """`torch.load` that never runs code from the file: tensors, containers and numpy scalars only.
+
+    A file that needs anything else raises CheckpointError naming the file and the refused type.
+    """
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found is None:
+            detail = re.search(r"WeightsUnpickler error: ([^\n]*)", str(exc))
+            detail = detail.group(1) if detail else str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail or exc.__class__.__name__})") from None
+        raise CheckpointError(
+            f"{path}: refused to load: the file needs '{found.group(1).rstrip('.')}', which is not a tensor, "
+            "container or numpy scalar (loading it could run code from the file)"
+        ) from None
+    except RuntimeError as exc:
+        if mmap and "mmap" in str(exc):  # legacy (non-zip) format: no memory map
+            return safe_load(path, mmap=False)
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__}: {exc})") from None
+    except Exception as exc:  # torch raises many types for a non-checkpoint file
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__}: {exc})") from None
+
+
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
     """The model state dict of an official LAION-CLAP training checkpoint, cleaned for loading.
 
     Official files are training checkpoints (a dict with `state_dict`, `module.`-prefixed
-    keys, optimizer state and numpy scalars), so they need ``weights_only=False``: only call
-    this on files the user chose.
+    keys, optimizer state and numpy scalars); they are read with `safe_load`, so a file
+    carrying anything that could run code is refused.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a non-checkpoint file
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__}: {exc})") from None
+    raw = safe_load(path, mmap=mmap)
     state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
     if not isinstance(state, dict) or not state:
         raise CheckpointError(f"{path}: no state_dict found; not a LAION-CLAP checkpoint")
@@ -174,6 +216,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             f"{path}: this is a fusion checkpoint ({', '.join(fusion)} weights); "
             "only non-fusion checkpoints (630k-audioset-best.pt, 630k-best.pt, music_*) are supported"
         )
+    bad = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
+    if bad:
+        raise CheckpointError(f"{path}: state_dict entry '{bad[0]}' is not a tensor")
     state.pop(POSITION_IDS_KEY, None)
     return state
 

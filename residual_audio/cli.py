@@ -27,7 +27,7 @@ class Stage:
 STAGES = {s.name: s for s in (
     Stage("model", "download:run_model", False, ("model",),
           "fetch the checkpoint and the tokenizer files into data/models/ (nothing for model.checkpoint: random)"),
-    Stage("download", "download:run_dataset", True, ("datasets", "data.${item}"),
+    Stage("download", "download:run_dataset", True, ("datasets", "data.${item}", "download"),
           "fetch a dataset's clips into data/raw/<dataset>/"),
     Stage("preprocess", "preprocess:run", True,
           ("datasets", "seed", "data.${item}.limit", "model.variant", "preprocess"),

@@ -194,7 +194,7 @@ def read_vocalsound(root: Path) -> tuple[list[Clip], list[str]]:
     tokens = list(VOCALSOUND_CLASSES)
     classes = list(VOCALSOUND_CLASSES.values())
     clips = []
-    for path in sorted(audio_dir.glob("*.wav")):
+    for path in sorted(p for p in audio_dir.glob("*.wav") if p.is_file()):
         parts = path.stem.rsplit("_", 2)
         if len(parts) != 3 or parts[2] not in VOCALSOUND_CLASSES:
             raise DatasetError(f"{path}: file name is not <speaker>_<index>_<class>.wav with class in {', '.join(tokens)}")
@@ -211,7 +211,17 @@ def _is_audio(path: Path) -> bool:
 
 
 def _class_folders(root: Path) -> list[Path]:
-    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    for d in folders:
+        _no_link(d)
+    return folders
+
+
+def _no_link(path: Path) -> Path:
+    """Links are refused: they can loop, list a clip twice under two classes or leave the root."""
+    if path.is_symlink():
+        raise DatasetError(f"{path}: symbolic link inside the dataset folder; links are not followed")
+    return path
 
 
 def read_folder(root: Path, csv: str | os.PathLike | None = None) -> tuple[list[Clip], list[str]]:
@@ -237,7 +247,11 @@ def read_folder(root: Path, csv: str | os.PathLike | None = None) -> tuple[list[
             if not row["path"] or not row["label"]:
                 raise DatasetError(f"{table}, line {line}: empty path or label")
             relative = Path(row["path"])
-            path = _audio((table.parent / relative).resolve(), table)
+            path = (table.parent / relative).resolve()
+            if not path.is_relative_to(root):
+                raise DatasetError(f"{table}, line {line}: {row['path']} lies outside the dataset folder {root}; "
+                                   "every clip must be inside it (so that it is copied and fingerprinted)")
+            path = _audio(path, table)
             fold = _int(row["fold"], table, line, "fold") if row.get("fold") not in (None, "") else 0
             clip_id = relative.with_suffix("").as_posix()
             clips.append(Clip(clip_id, path, index[row["label"]], row["label"], fold))
@@ -253,7 +267,7 @@ def read_folder(root: Path, csv: str | os.PathLike | None = None) -> tuple[list[
     classes = [d.name for d in folders]
     clips = []
     for label, folder in enumerate(folders):
-        for path in sorted(p for p in folder.rglob("*") if _is_audio(p)):
+        for path in sorted(_no_link(p) for p in folder.rglob("*") if _is_audio(p)):
             clip_id = path.relative_to(base).with_suffix("").as_posix()
             clips.append(Clip(clip_id, path, label, folder.name, 0))
     return _finish("folder", root, clips, classes)

@@ -29,8 +29,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .clap import CheckpointError, read_checkpoint
 from .datasets import DATASETS, DatasetError, check_options, list_clips
-from .io import atomic_path, sha256_file
+from .io import RUNS_DIR, atomic_path, remove_stale, sha256_file, transaction
 from .params import ParamError, check, get
 
 OFFICIAL_SOURCES: dict[str, list[str] | None] = {
@@ -54,12 +55,20 @@ OFFICIAL_CHECKPOINTS = {
         "music_speech_epoch_15_esc_89.25.pt",
     )
 }
+# Published sha256 of the official files, checked whenever the name is used (a user's own
+# file is checked only against `model.checkpoint_sha256`). Add a file's hash here only as
+# published by its authors (e.g. the LFS sha256 on its Hugging Face file page); none is
+# recorded yet, so until then official files are checked only against a given sha256.
+OFFICIAL_SHA256: dict[str, str] = {}
 TOKENIZER_BASE_URL = "https://huggingface.co/roberta-base/resolve/main/"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 MANIFEST = "manifest.json"
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 URL_SCHEMES = ("http", "https", "file")
 CHUNK = 1 << 20
+# Defaults of `download.max_unpacked_mb` / `download.max_members` (archive bomb guards).
+MAX_UNPACKED_MB = 65536
+MAX_MEMBERS = 1_000_000
 
 
 class DownloadError(RuntimeError):
@@ -179,14 +188,58 @@ def archive_kind(name: str) -> str | None:
     return None
 
 
-def unpack(archive: Path, dest: Path, label: str) -> list[str]:
-    """Unpack `archive` into `dest`; refuse members that would land outside it. Return top-level names."""
+def _member_name(name: str) -> str:
+    return os.path.normpath(name.replace("\\", "/")).lstrip("/")
+
+
+def check_members(members: list[tuple[str, int, str]], label: str, max_bytes: int, max_members: int) -> None:
+    """Refuse an archive before anything is written: too many members or bytes (a bomb),
+    links (they would point elsewhere or turn into text files), or the same path twice."""
+    if len(members) > max_members:
+        raise DownloadError(f"{label}: archive has {len(members)} members, over the limit "
+                            f"download.max_members = {max_members}")
+    total = sum(size for _, size, _ in members)
+    if total > max_bytes:
+        raise DownloadError(f"{label}: archive unpacks to {total / 2**20:.1f} MiB, over the limit "
+                            f"download.max_unpacked_mb = {max_bytes / 2**20:g}")
+    seen: set[str] = set()
+    for name, _, kind in members:
+        if kind == "link":
+            raise DownloadError(f"{label}: archive member {name!r} is a link; links are refused")
+        if kind not in ("file", "dir"):
+            raise DownloadError(f"{label}: archive member {name!r} is not a regular file or folder")
+        key = _member_name(name)
+        if key in seen and kind == "file":
+            raise DownloadError(f"{label}: archive member {name!r} occurs twice")
+        seen.add(key)
+
+
+def _zip_kind(m: zipfile.ZipInfo) -> str:
+    mode = (m.external_attr >> 16) & 0o170000
+    if mode == 0o120000:
+        return "link"
+    if m.is_dir():
+        return "dir"
+    return "file" if mode in (0, 0o100000) else "other"
+
+
+def _tar_kind(m: tarfile.TarInfo) -> str:
+    if m.issym() or m.islnk():
+        return "link"
+    return "dir" if m.isdir() else "file" if m.isfile() else "other"
+
+
+def unpack(archive: Path, dest: Path, label: str, max_bytes: int = MAX_UNPACKED_MB << 20,
+           max_members: int = MAX_MEMBERS) -> list[str]:
+    """Unpack `archive` into `dest`; refuse members that would land outside it, links, duplicate
+    members, and archives beyond the size or member-count limits. Return top-level names."""
     kind = archive_kind(label) or archive_kind(archive.name)
     dest = Path(dest).resolve()
     try:
         if kind == "zip":
             with zipfile.ZipFile(archive) as z:
                 members = z.infolist()
+                check_members([(m.filename, m.file_size, _zip_kind(m)) for m in members], label, max_bytes, max_members)
                 for m in members:
                     target = (dest / m.filename).resolve()
                     if target != dest and dest not in target.parents:
@@ -196,7 +249,14 @@ def unpack(archive: Path, dest: Path, label: str) -> list[str]:
                 names = [m.filename for m in members]
         elif kind == "tar":
             with tarfile.open(archive) as t:
-                members = t.getmembers()
+                members = []
+                for m in t:  # streamed, so the count limit also bounds the listing
+                    members.append(m)
+                    if len(members) > max_members:
+                        raise DownloadError(f"{label}: archive has more than {max_members} members, over the limit "
+                                            f"download.max_members = {max_members}")
+                check_members([(m.name, m.size if m.isfile() else 0, _tar_kind(m)) for m in members], label,
+                              max_bytes, max_members)
                 for m in tqdm(members, desc=f"unpack {label}", unit="file", leave=False):
                     t.extract(m, dest, filter="data")
                 names = [m.name for m in members]
@@ -217,17 +277,32 @@ def copy_tree(src: Path, dest: Path) -> list[str]:
     Folders are created afresh (not copied with their modes), so the output stays
     removable even when the source is read-only.
     """
+    src = Path(src).resolve()  # the source itself may be a link; links inside it are refused
     names = sorted(child.name for child in src.iterdir())
     for name in names:
         if (dest / name).exists():
             raise DownloadError(f"{src / name}: {name} is already provided by another source")
-    for folder, subfolders, files in os.walk(src, followlinks=True):
+    check_tree(src)
+    for folder, subfolders, files in os.walk(src):
         relative = Path(folder).relative_to(src)
         (dest / relative).mkdir(parents=True, exist_ok=True)
         subfolders.sort()
         for name in sorted(files):
             link_or_copy(Path(folder) / name, dest / relative / name)
     return names
+
+
+def check_tree(src: Path) -> None:
+    """Refuse a source folder holding symbolic links: a link can make a loop, copy clips twice
+    (and relabel them as another class) or reach outside the source."""
+    for folder, subfolders, files in os.walk(src):
+        for name in sorted(subfolders + files):
+            path = Path(folder) / name
+            if path.is_symlink():
+                raise DownloadError(f"{path}: symbolic link to {os.readlink(path)} inside the source; links are "
+                                    "not followed (copy the files, or point the source at the link's target)")
+            if name in files and not path.is_file():
+                raise DownloadError(f"{path}: not a regular file")
 
 
 def _listing_stamp(directory: Path) -> str:
@@ -257,7 +332,7 @@ def _files(directory: Path) -> int:
     return sum(1 for p in directory.rglob("*") if p.is_file() and p != directory / MANIFEST)
 
 
-def place(source: str, dest: Path, sha256: str | None, key: str) -> dict:
+def place(source: str, dest: Path, sha256: str | None, key: str, limits: tuple[int, int] | None = None) -> dict:
     """Fetch one dataset source into directory `dest`: unpack archives, copy directories and files."""
     name = source_name(source)
     local = None if is_url(source) else Path(source).expanduser()
@@ -271,7 +346,7 @@ def place(source: str, dest: Path, sha256: str | None, key: str) -> dict:
     try:
         digest = fetch_file(source, staged, sha256, key)
         if archive_kind(name):
-            entries = unpack(staged, dest, name)
+            entries = unpack(staged, dest, name, *(limits or ()))
             kind = "archive"
         else:
             target = dest / name
@@ -289,13 +364,8 @@ def place(source: str, dest: Path, sha256: str | None, key: str) -> dict:
 
 
 def remove_stale_temporaries(out: Path) -> None:
-    """Delete what an interrupted earlier run (killed mid-download) left next to `out`.
-
-    `atomic_path` names its temporaries `.<name>.tmp-*`; only one run of a stage writes
-    an output at a time (dvc holds a lock), so any such sibling is garbage.
-    """
-    for stale in Path(out).parent.glob(f".{Path(out).name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    """Delete what interrupted earlier runs (killed mid-download) left next to `out`, never a live run's."""
+    remove_stale(out)
 
 
 def read_manifest(directory: Path) -> dict | None:
@@ -310,6 +380,27 @@ def read_manifest(directory: Path) -> dict | None:
 
 def _request(source: str, sha256: str | None) -> dict:
     return {"source": source, "expected_sha256": sha256, "stamp": source_stamp(source)}
+
+
+def original_source(raw: Path, path: str | os.PathLike) -> str:
+    """The user's original file for a clip under the download output `raw` (from its manifest),
+    so that errors name what the user can fix, not the copy. Falls back to `path`."""
+    path = Path(path)
+    manifest = read_manifest(raw) or {}
+    try:
+        relative = path.resolve().relative_to(Path(raw).resolve())
+    except ValueError:
+        return str(path)
+    for entry in manifest.get("fetched", []):
+        if not relative.parts or relative.parts[0] not in entry.get("entries", []):
+            continue
+        source = str(entry.get("source"))
+        if entry.get("kind") == "directory":
+            return str(Path(source) / relative)
+        if entry.get("kind") == "archive":
+            return f"{source} (member {relative.as_posix()})"
+        return source
+    return str(path)
 
 
 # --------------------------------------------------------------------------- datasets
@@ -328,6 +419,7 @@ def fetch_dataset(
     key: str = "source",
     check_dataset: str | None = None,
     options: dict | None = None,
+    limits: tuple[int, int] | None = None,
 ) -> dict:
     """Fetch `sources` (one or several) into directory `out`; return its manifest.
 
@@ -352,7 +444,7 @@ def fetch_dataset(
     remove_stale_temporaries(out)
     with atomic_path(out) as tmp:
         tmp.mkdir()
-        fetched = [place(s, tmp, h, key) for s, h in zip(sources, sums)]
+        fetched = [place(s, tmp, h, key, limits) for s, h in zip(sources, sums)]
         manifest = {"requests": requests, "fetched": fetched, "files": _files(tmp)}
         if check_dataset is not None:
             clips, classes = list_clips(check_dataset, tmp, **(options or {}))
@@ -433,11 +525,18 @@ def fetch_model(
     remove_stale_temporaries(out)
     with atomic_path(out) as tmp:
         tmp.mkdir()
-        manifest: dict = {"weights": "random" if random else "pretrained", "checkpoint": None, "tokenizer": None}
+        manifest: dict = {"weights": "random" if random else "pretrained", "checkpoint": None, "tokenizer": None,
+                          "checkpoint_sha256": "random" if random else None}
         if ckpt_request is not None:
             if not _reuse(old, out, "checkpoint", ckpt_request, ["checkpoint.pt"], tmp):
                 fetch_file(checkpoint, tmp / "checkpoint.pt", checkpoint_sha256, "model.checkpoint")
-            manifest["checkpoint"] = {"request": ckpt_request, "files": _describe(tmp, ["checkpoint.pt"])}
+            try:  # refuse a file that would run code (or is no checkpoint) before it is placed
+                read_checkpoint(tmp / "checkpoint.pt", mmap=True)
+            except CheckpointError as exc:
+                raise CheckpointError(str(exc).replace(str(tmp / "checkpoint.pt"), checkpoint, 1)) from None
+            files = _describe(tmp, ["checkpoint.pt"])
+            manifest["checkpoint"] = {"request": ckpt_request, "files": files}
+            manifest["checkpoint_sha256"] = files["checkpoint.pt"]["sha256"]
         else:
             manifest["checkpoint"] = {"request": None, "source": "random", "files": {}}
         if tok_request is not None:
@@ -484,7 +583,8 @@ def _against(workdir: Path, source):
 
 
 def run_dataset(params: dict, name: str, workdir: str | os.PathLike = ".") -> dict:
-    """The `download` stage of one dataset: its sources into data/raw/<name>/."""
+    """The `download` stage of one dataset: its sources into data/raw/<name>/ (every local source
+    checked to exist before anything is written)."""
     workdir = Path(workdir)
     check(isinstance(name, str) and name in DATASETS, "datasets", f"names {name!r}; known datasets: {', '.join(DATASETS)}")
     config = get(params, f"data.{name}", {}) or {}
@@ -499,10 +599,15 @@ def run_dataset(params: dict, name: str, workdir: str | os.PathLike = ".") -> di
         check_options(name, options)
     except DatasetError as exc:
         raise ParamError(f"params: 'data.{name}': {exc}") from None
+    source = _against(workdir, source)
+    check_local_sources([(f"data.{name}.source", s) for s in _as_list(source)])
+    max_mb = get(params, "download.max_unpacked_mb", MAX_UNPACKED_MB)
+    max_members = get(params, "download.max_members", MAX_MEMBERS)
     try:
         return fetch_dataset(
-            _against(workdir, source), workdir / "data" / "raw" / name, config.get("sha256"),
+            source, workdir / "data" / "raw" / name, config.get("sha256"),
             key=f"data.{name}.source", check_dataset=name, options=options,
+            limits=(int(max_mb * 2**20), int(max_members)),
         )
     except NetworkError as exc:
         raise NetworkError(f"data.{name}.source: {exc}; {OFFLINE_HINTS['data'].format(name=name)}") from None
@@ -511,20 +616,41 @@ def run_dataset(params: dict, name: str, workdir: str | os.PathLike = ".") -> di
 
 
 def run_model(params: dict, workdir: str | os.PathLike = ".") -> dict:
-    """The `model` stage: the checkpoint and the tokenizer files into data/models/."""
+    """The `model` stage: the checkpoint and the tokenizer files into data/models/ (both sources
+    checked before anything is written; an official file name is checked against its published sha256)."""
     workdir = Path(workdir)
     checkpoint = get(params, "model.checkpoint")
-    if checkpoint in OFFICIAL_CHECKPOINTS and not (workdir / checkpoint).exists():
+    checkpoint_sha256 = get(params, "model.checkpoint_sha256", None)
+    if isinstance(checkpoint, str) and checkpoint in OFFICIAL_CHECKPOINTS and not (workdir / checkpoint).exists():
+        published = OFFICIAL_SHA256.get(checkpoint)
+        if published and checkpoint_sha256 and str(checkpoint_sha256).lower() != published:
+            raise ParamError(f"params: 'model.checkpoint_sha256' is {checkpoint_sha256}, but {checkpoint} is published "
+                             f"with sha256 {published}")
+        checkpoint_sha256 = checkpoint_sha256 or published
         checkpoint = OFFICIAL_CHECKPOINTS[checkpoint]  # an official file name stands for its URL
-    tokenizer = get(params, "model.tokenizer", None)
+    tokenizer = _against(workdir, get(params, "model.tokenizer", None))
+    checkpoint = _against(workdir, checkpoint)
+    check_local_sources([("model.checkpoint", checkpoint), ("model.tokenizer", tokenizer)])
     try:
-        return fetch_model(_against(workdir, checkpoint), _against(workdir, tokenizer), workdir / "data" / "models",
-                           get(params, "model.checkpoint_sha256", None))
+        return fetch_model(checkpoint, tokenizer, workdir / "data" / "models", checkpoint_sha256)
     except NetworkError as exc:
         key = "tokenizer" if tokenizer and str(tokenizer).rstrip("/") in str(exc) else "checkpoint"
         raise NetworkError(f"model.{key}: {exc}; {OFFLINE_HINTS[key]}") from None
 
 
 def run(params: dict, name: str, workdir: str | os.PathLike = ".") -> dict:
-    """Dataset `name` and the model files, as the `download` and `model` stages fetch them."""
-    return {"data": run_dataset(params, name, workdir), "model": run_model(params, workdir)}
+    """Dataset `name` and the model files, as the `download` and `model` stages fetch them; every
+    local source is checked before anything is written, and both outputs are replaced together."""
+    workdir = Path(workdir)
+    check_local_sources([("model.checkpoint", _against(workdir, get(params, "model.checkpoint")))])
+    with transaction("download", workdir / RUNS_DIR):
+        return {"data": run_dataset(params, name, workdir), "model": run_model(params, workdir)}
+
+
+def check_local_sources(sources: list[tuple[str, object]]) -> None:
+    """Every local source must exist before anything is fetched or written (URLs are checked when fetched)."""
+    for key, source in sources:
+        if _none(source) or is_url(str(source)) or str(source).strip().lower() == "random":
+            continue
+        if not Path(str(source)).expanduser().exists():
+            raise DownloadError(f"{key}: {source} not found")

@@ -210,7 +210,8 @@ def resolve_device(device: str, key: str = "extract.device") -> torch.device:
 
 
 def check_regimes(regimes) -> list[str]:
-    check(isinstance(regimes, (list, tuple)), "extract.regimes", f"must be a list drawn from {list(REGIMES)}")
+    check(isinstance(regimes, (list, tuple)) and len(regimes) > 0, "extract.regimes",
+          f"must be a non-empty list drawn from {list(REGIMES)}")
     bad = [r for r in regimes if r not in REGIMES]
     check(not bad, "extract.regimes", f"has unknown regime(s) {bad}; known: {list(REGIMES)}")
     return [r for r in REGIMES if r in regimes]

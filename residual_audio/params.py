@@ -19,8 +19,16 @@ def load_params(path: str | Path = "params.yaml") -> dict:
     path = Path(path)
     if not path.exists():
         raise ParamError(f"{path}: parameter file not found")
-    with open(path) as f:
-        params = yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            params = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ParamError(f"{path}{where}: not valid YAML ({what})") from None
+    except UnicodeDecodeError as exc:
+        raise ParamError(f"{path}: not a text file ({exc.reason})") from None
     if not isinstance(params, dict):
         raise ParamError(f"{path}: expected a mapping at the top level")
     return params

@@ -72,8 +72,13 @@ def preprocess(
     shard_clips: int = 64,
     attrs: dict | None = None,
     progress: bool = True,
+    min_seconds: float = audio.MIN_SECONDS,
+    origin=None,
 ) -> dict:
-    """Decode, resample, pad/crop and log-mel every clip into `store_path`; return stage timings (s)."""
+    """Decode, resample, pad/crop and log-mel every clip into `store_path`; return stage timings (s).
+
+    `origin(path)` names a clip's original file (the user's source) in audio errors.
+    """
     if not clips:
         raise ValueError(f"{dataset}: no clips to preprocess")
     store_path, table_path = Path(store_path), Path(table_path)
@@ -95,11 +100,17 @@ def preprocess(
                 waves = []
                 for clip in batch:
                     t0 = time.perf_counter()
-                    x, sr = audio.decode(clip.path)
-                    infos.append({"orig_sr": sr, "duration": len(x) / sr})
-                    t1 = time.perf_counter()
-                    x = audio.resample(x, sr)
-                    x = audio.fit_length(audio.quantize_int16(x), audio.CLIP_SAMPLES, crop)
+                    try:
+                        x, sr = audio.decode(clip.path)
+                        audio.check_duration(clip.path, len(x), sr, min_seconds)
+                        infos.append({"orig_sr": sr, "duration": len(x) / sr})
+                        t1 = time.perf_counter()
+                        x = audio.check_audible(clip.path, audio.quantize_int16(audio.resample(x, sr)))
+                    except audio.AudioError as exc:
+                        if origin is None:
+                            raise
+                        raise audio.AudioError(str(exc).replace(str(clip.path), origin(clip.path), 1)) from None
+                    x = audio.fit_length(x, audio.CLIP_SAMPLES, crop)
                     t2 = time.perf_counter()
                     timings["decode"] += t1 - t0
                     timings["resample"] += t2 - t1
@@ -152,6 +163,9 @@ def run(params: dict, name: str, workdir: str | Path = ".") -> Path:
           "preprocess.crop", f"must be 'start', 'center' or a sample offset >= 0, not {crop!r}")
     batch_size = get(params, "preprocess.batch_size", 16)
     check(isinstance(batch_size, int) and batch_size > 0, "preprocess.batch_size", "must be a positive integer")
+    min_seconds = get(params, "preprocess.min_seconds", audio.MIN_SECONDS)
+    check(isinstance(min_seconds, (int, float)) and not isinstance(min_seconds, bool) and min_seconds >= 0,
+          "preprocess.min_seconds", f"must be a number >= 0, not {min_seconds!r}")
 
     clips, classes = datasets.list_clips(name, workdir / "data" / "raw" / name, **options)
     clips = datasets.select(clips, limit, seed)
@@ -160,11 +174,15 @@ def run(params: dict, name: str, workdir: str | Path = ".") -> Path:
     front = MelFrontEnd.from_checkpoint(checkpoint, variant)
     weights = "random" if checkpoint == "random" else "pretrained"
     out = workdir / "data" / "mel"
-    used = {"dataset": name, "limit": limit, "seed": seed, "crop": crop}
+    used = {"dataset": name, "limit": limit, "seed": seed, "crop": crop, "min_seconds": min_seconds}
     if weights == "random":
         print(f"preprocess: {WARNING_RANDOM}", file=sys.stderr)
+    from .download import original_source
+
+    raw = workdir / "data" / "raw" / name
     timings = preprocess(clips, classes, front, out / f"{name}.zarr", out / f"{name}.csv", dataset=name,
-                         weights=weights, crop=crop, batch_size=batch_size, attrs={"params": used})
+                         weights=weights, crop=crop, batch_size=batch_size, attrs={"params": used},
+                         min_seconds=min_seconds, origin=lambda path: original_source(raw, path))
     total = sum(timings.values())
     print(f"preprocess: {len(clips)} clips of {name}, {len(classes)} classes; "
           + ", ".join(f"{k} {v / total:.0%}" for k, v in timings.items()), file=sys.stderr)

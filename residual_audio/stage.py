@@ -11,6 +11,7 @@ import warnings
 import sys
 from pathlib import Path
 
+from .io import OutOfSpaceError, is_out_of_space, transaction
 from .params import load_params
 
 
@@ -24,7 +25,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from .zeroshot import TextCacheError
 
     return (AudioError, CheckpointError, TokenizerError, DatasetError, DownloadError, StoreError,
-            ParamError, TextCacheError, FileNotFoundError)
+            ParamError, TextCacheError, OutOfSpaceError, FileNotFoundError)
 
 
 def _parser(stage) -> argparse.ArgumentParser:
@@ -43,6 +44,7 @@ def run_stage(name: str, argv: list[str] | None = None) -> None:
     """Run stage `name` with command-line arguments `argv` (`[<dataset>] [--help]`)."""
     from .cli import STAGES, resolve, stage_help
     from .logs import quiet_libraries
+    from .schema import validate
 
     stage = STAGES[name]
     args = _parser(stage).parse_args(sys.argv[1:] if argv is None else argv)
@@ -61,16 +63,24 @@ def run_stage(name: str, argv: list[str] | None = None) -> None:
     warnings.formatwarning = lambda message, category, *rest: f"{label}: warning: {message}\n"
     try:
         params = load_params(args.params)
+        validate(params, source=str(args.params))
         if stage.per_dataset:
             from .params import ParamError, check_dataset
 
             if not args.dataset:
                 raise ParamError(f"{name} runs per dataset: give one of `datasets` (python stages/{name}.py <dataset>)")
-            result = resolve(stage)(params, check_dataset(params, args.dataset))
+            dataset = check_dataset(params, args.dataset)
+            with transaction(label):
+                result = resolve(stage)(params, dataset)
         else:
-            result = resolve(stage)(params)
+            with transaction(label):
+                result = resolve(stage)(params)
     except expected_errors() as exc:
         sys.exit(f"{label}: {exc}")
+    except OSError as exc:
+        if not is_out_of_space(exc):
+            raise
+        sys.exit(f"{label}: {exc.filename or 'output'}: out of disk space ({exc.strerror})")
     if isinstance(result, (str, Path)):
         print(f"{label}: wrote {result}")
 

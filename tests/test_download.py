@@ -259,6 +259,19 @@ def fake_tokenizer(directory: Path) -> Path:
     return directory
 
 
+def fake_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A small file in the official training-checkpoint layout (module. prefixes, numpy scalars)."""
+    import numpy as np
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    state = {"module.audio_projection.0.weight": torch.randn(512, 768, generator=gen),
+             "module.audio_branch.bn0.weight": torch.randn(64, generator=gen)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": np.int64(45), "state_dict": state, "best_score": np.float64(0.0)}, path)
+    return path
+
+
 def test_random_weights_with_local_tokenizer(tmp_path):
     tok = fake_tokenizer(tmp_path / "tok")
     out = tmp_path / "models"
@@ -272,8 +285,7 @@ def test_random_weights_with_local_tokenizer(tmp_path):
 
 
 def test_local_checkpoint_is_linked_and_checked(tmp_path):
-    ckpt = tmp_path / "630k-audioset-best.pt"
-    ckpt.write_bytes(os.urandom(4096))
+    ckpt = fake_checkpoint(tmp_path / "630k-audioset-best.pt")
     out = tmp_path / "models"
     manifest = fetch_model(str(ckpt), "none", out, checkpoint_sha256=sha256(ckpt))
     assert manifest["weights"] == "pretrained" and manifest["tokenizer"] is None
@@ -293,7 +305,7 @@ def test_checkpoint_checksum_mismatch_leaves_nothing(tmp_path):
 def test_model_over_http_is_fetched_once_and_parts_are_reused(tmp_path, http_dir):
     base, www, requests = http_dir
     (www / "lukewys").mkdir()
-    (www / "lukewys" / "630k-best.pt").write_bytes(os.urandom(10000))
+    fake_checkpoint(www / "lukewys" / "630k-best.pt")
     fake_tokenizer(www / "roberta-base")
     fake_tokenizer(www / "other-tokenizer")
     (www / "other-tokenizer" / "merges.txt").write_text("#version: 0.2\nb c\n")
@@ -356,13 +368,13 @@ def test_run_fills_raw_and_models(esc_tree, tmp_path):
 def test_run_resolves_relative_paths_against_the_project(esc_tree, tmp_path):
     work = tmp_path / "work"
     fake_tokenizer(work / "files" / "tok")
-    (work / "files" / "model.pt").write_bytes(b"weights")
+    fake_checkpoint(work / "files" / "model.pt")
     shutil.copytree(esc_tree, work / "files" / "esc")
     params = stage_params("files/esc")
     params["model"].update(checkpoint="files/model.pt", tokenizer="files/tok")
     result = run(params, "esc50", work)
     assert result["data"]["clips"] == 12 and result["model"]["weights"] == "pretrained"
-    assert (work / "data" / "models" / "checkpoint.pt").read_bytes() == b"weights"
+    assert (work / "data" / "models" / "checkpoint.pt").read_bytes() == (work / "files" / "model.pt").read_bytes()
 
 
 def test_official_checkpoint_name_stands_for_its_url(esc_tree, tmp_path, monkeypatch):
@@ -385,7 +397,11 @@ def test_official_checkpoint_name_stands_for_its_url(esc_tree, tmp_path, monkeyp
 
 def test_interrupted_run_leftovers_are_removed(esc_tree, tmp_path):
     raw = tmp_path / "raw"
-    stale = raw / ".esc50.tmp-deadbeef"
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = raw / f".esc50.tmp-{dead.pid}-deadbeef"
     stale.mkdir(parents=True)
     (stale / ".master.zip.part-1234").write_bytes(b"half a download")
     fetch_dataset(str(esc_tree), raw / "esc50")

@@ -1,0 +1,636 @@
+"""Hostile and careless input: every test builds its own bad input and checks the pipeline refuses it
+with one line naming the file or key, runs no code from it and leaves earlier outputs as they were.
+No network beyond 127.0.0.1."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from residual_audio import io as rio
+from residual_audio.audio import AudioError, decode, prepare
+from residual_audio.clap import CheckpointError, MelFrontEnd, load_model, read_checkpoint, save_checkpoint
+from residual_audio.datasets import DatasetError, list_clips, read_folder
+from residual_audio.download import DownloadError, fetch_dataset, fetch_model, run as download
+from residual_audio.params import ParamError, load_params
+from residual_audio.schema import SCHEMA, validate
+
+from test_datasets import fake_esc50, write_wav
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def hidden(directory: Path) -> list[str]:
+    return sorted(p.name for p in Path(directory).iterdir() if p.name.startswith("."))
+
+
+# --------------------------------------------------------------------------- 1. checkpoints never run code
+
+
+class Payload:
+    """Unpickling this object writes `marker`: what a hostile checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('pwned')",)
+
+
+@pytest.fixture(scope="module")
+def official(tmp_path_factory, model) -> Path:
+    """The seeded random model written in the official training-checkpoint format."""
+    path = tmp_path_factory.mktemp("ckpt") / "630k-audioset-best.pt"
+    save_checkpoint(model, path)
+    return path
+
+
+def with_payload(official: Path, dest: Path, marker: Path) -> Path:
+    """The official checkpoint with a payload hidden in its optimizer state (otherwise valid)."""
+    checkpoint = torch.load(official, weights_only=False)  # our own file, written just above
+    checkpoint["optimizer"]["param_groups"][0]["note"] = Payload(marker)
+    torch.save(checkpoint, dest)
+    return dest
+
+
+def test_official_format_loads_with_numpy_scalars_allowed(official, model):
+    state = read_checkpoint(official)
+    loaded = load_model(official)
+    assert loaded.weights == "pretrained"
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    assert set(state) == set(model.state_dict())
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy-format"])
+def test_local_payload_is_refused_naming_file_and_type(tmp_path, legacy):
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"module.audio_projection.0.weight": torch.zeros(2, 2)}, "x": Payload(marker)}, path,
+               _use_new_zipfile_serialization=not legacy)
+    for load in (read_checkpoint, load_model, MelFrontEnd.from_checkpoint):
+        with pytest.raises(CheckpointError) as err:
+            load(path)
+        assert str(path) in str(err.value) and "'exec'" in str(err.value)
+        assert "\n" not in str(err.value)
+    assert not marker.exists()
+
+
+def test_payload_hidden_in_a_valid_checkpoint_is_refused(official, tmp_path):
+    marker = tmp_path / "marker"
+    path = with_payload(official, tmp_path / "630k-audioset-best.pt", marker)
+    with pytest.raises(CheckpointError, match=r"630k-audioset-best.pt: refused to load: the file needs 'exec'"):
+        load_model(path)
+    with pytest.raises(CheckpointError, match="refused"):
+        fetch_model(str(path), None, tmp_path / "models")
+    assert not (tmp_path / "models").exists() and not marker.exists()
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    """A threaded HTTP server on 127.0.0.1 serving tmp_path/www."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", root
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_payload_over_http_is_refused_before_anything_is_written(official, tmp_path, http_dir):
+    base, www = http_dir
+    marker = tmp_path / "marker"
+    with_payload(official, www / "630k-best.pt", marker)
+    work = tmp_path / "work"
+    src = tmp_path / "esc"
+    fake_esc50(src)
+    params = {"dataset": "esc50", "data": {"esc50": {"source": str(src)}},
+              "model": {"checkpoint": base + "630k-best.pt", "tokenizer": None}}
+    with pytest.raises(CheckpointError, match=rf"^{base}630k-best.pt: refused to load: the file needs 'exec'"):
+        download(params, work)
+    assert not marker.exists()
+    assert not (work / "data" / "raw" / "esc50").exists() and not (work / "data" / "models").exists()
+
+
+def test_checkpoint_sha256_is_recorded_and_published_hashes_are_checked(official, tmp_path, http_dir, monkeypatch):
+    import residual_audio.download as dl
+
+    manifest = fetch_model(str(official), None, tmp_path / "models")
+    assert manifest["checkpoint_sha256"] == sha256(official)
+    base, www = http_dir
+    (www / "630k-best.pt").write_bytes(official.read_bytes())
+    src = tmp_path / "esc"
+    fake_esc50(src)
+    monkeypatch.setitem(dl.OFFICIAL_CHECKPOINTS, "630k-best.pt", base + "630k-best.pt")
+    monkeypatch.setitem(dl.OFFICIAL_SHA256, "630k-best.pt", "0" * 64)
+    params = {"dataset": "esc50", "data": {"esc50": {"source": str(src)}},
+              "model": {"checkpoint": "630k-best.pt", "tokenizer": None}}
+    with pytest.raises(DownloadError, match="sha256 mismatch"):
+        download(params, tmp_path / "work")
+    params["model"]["checkpoint_sha256"] = "1" * 64
+    with pytest.raises(ParamError, match="published with sha256 0000"):
+        download(params, tmp_path / "work")
+    monkeypatch.setitem(dl.OFFICIAL_SHA256, "630k-best.pt", sha256(official))
+    params["model"]["checkpoint_sha256"] = None
+    result = download(params, tmp_path / "work")
+    assert result["model"]["checkpoint_sha256"] == sha256(official)
+
+
+# --------------------------------------------------------------------------- 2. source trees
+
+
+def folder_source(root: Path, classes=("cls0", "cls1"), per_class: int = 2) -> Path:
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            write_wav(root / name / f"{name}-{i}.wav", seed=10 * c + i)
+    return root
+
+
+def test_symlink_loop_in_a_folder_source_is_refused(tmp_path):
+    src = folder_source(tmp_path / "src")
+    (src / "cls0" / "loop").symlink_to("..")
+    with pytest.raises(DownloadError, match=r"cls0/loop: symbolic link"):
+        fetch_dataset(str(src), tmp_path / "raw" / "folder", check_dataset="folder")
+    assert not (tmp_path / "raw" / "folder").exists()
+
+
+def test_links_out_of_the_source_are_refused(tmp_path):
+    outside = write_wav(tmp_path / "elsewhere" / "secret.wav")
+    src = folder_source(tmp_path / "src")
+    (src / "cls1" / "stolen.wav").symlink_to(outside)
+    with pytest.raises(DownloadError, match="stolen.wav: symbolic link"):
+        fetch_dataset(str(src), tmp_path / "raw" / "folder", check_dataset="folder")
+    with pytest.raises(DatasetError, match="stolen.wav: symbolic link"):
+        read_folder(src)
+
+
+def test_a_folder_named_like_audio_is_not_a_clip(tmp_path):
+    root = tmp_path / "vs" / "audio_16k"
+    write_wav(root / "s1_1_cough.wav")
+    (root / "s1_2_sneeze.wav").mkdir()
+    write_wav(root / "s1_2_sneeze.wav" / "inside.wav")
+    clips, _ = list_clips("vocalsound", tmp_path / "vs")
+    assert [c.clip_id for c in clips] == ["s1_1_cough"]
+    folder = folder_source(tmp_path / "f")
+    (folder / "cls0" / "dir.wav").mkdir()
+    clips, _ = read_folder(folder)
+    assert all(c.path.is_file() for c in clips) and len(clips) == 4
+
+
+def test_csv_paths_outside_the_dataset_are_refused_naming_the_row(tmp_path):
+    outside = write_wav(tmp_path / "elsewhere" / "x.wav")
+    root = tmp_path / "data"
+    write_wav(root / "a.wav")
+    for bad in (str(outside), "../elsewhere/x.wav"):
+        (root / "clips.csv").write_text(f"path,label\na.wav,dog\n{bad},cat\n")
+        with pytest.raises(DatasetError, match=r"clips.csv, line 3: .*outside the dataset folder"):
+            read_folder(root, csv="clips.csv")
+
+
+def zip_with(path: Path, members: list[tuple[str, bytes, int | None]]) -> Path:
+    """A zip whose members carry the given unix modes (None: a plain file)."""
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data, mode in members:
+            info = zipfile.ZipInfo(name)
+            if mode is not None:
+                info.external_attr = mode << 16
+            z.writestr(info, data)
+    return path
+
+
+def test_zip_symlink_member_is_refused(tmp_path):
+    archive = zip_with(tmp_path / "a.zip", [("cls0/a.wav", b"RIFF", None), ("cls0/b.wav", b"/etc/passwd", 0o120777)])
+    with pytest.raises(DownloadError, match=r"'cls0/b.wav' is a link"):
+        fetch_dataset(str(archive), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_tar_link_member_is_refused(tmp_path):
+    archive = tmp_path / "a.tar"
+    with tarfile.open(archive, "w") as t:
+        data = b"x" * 10
+        info = tarfile.TarInfo("cls0/a.wav")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("cls0/b.wav")
+        link.type, link.linkname = tarfile.SYMTYPE, "a.wav"
+        t.addfile(link)
+    with pytest.raises(DownloadError, match=r"'cls0/b.wav' is a link"):
+        fetch_dataset(str(archive), tmp_path / "raw")
+
+
+def test_duplicate_archive_members_are_refused(tmp_path):
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        archive = zip_with(tmp_path / "a.zip", [("cls0/a.wav", b"one", None), ("cls0/./a.wav", b"two", None),
+                                                 ("cls0/a.wav", b"three", None)])
+    with pytest.raises(DownloadError, match=r"occurs twice"):
+        fetch_dataset(str(archive), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+# --------------------------------------------------------------------------- 3. archive limits
+
+
+def esc_params(source, **download_limits) -> dict:
+    return {"dataset": "esc50", "data": {"esc50": {"source": str(source)}}, "download": download_limits,
+            "model": {"checkpoint": "random", "tokenizer": None}}
+
+
+def test_zip_bomb_is_refused_by_the_size_limit(tmp_path):
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("ESC-50-master/audio/zeros.wav", b"\0" * (4 << 20))
+    assert archive.stat().st_size < 64 << 10  # a small file that unpacks to 4 MiB
+    with pytest.raises(DownloadError, match=r"bomb.zip: archive unpacks to 4.0 MiB, over the limit download.max_unpacked_mb = 1"):
+        download(esc_params(archive, max_unpacked_mb=1), tmp_path / "work")
+    assert not (tmp_path / "work" / "data" / "raw" / "esc50").exists() and hidden(tmp_path / "work" / "data" / "raw") == []
+
+
+def test_many_member_tar_is_refused_by_the_count_limit(tmp_path):
+    archive = tmp_path / "many.tar"
+    with tarfile.open(archive, "w") as t:
+        for i in range(50):
+            info = tarfile.TarInfo(f"x/{i}.txt")
+            t.addfile(info, io.BytesIO(b""))
+    with pytest.raises(DownloadError, match=r"over the limit download.max_members = 20"):
+        download(esc_params(archive, max_members=20), tmp_path / "work")
+    assert not (tmp_path / "work" / "data" / "raw" / "esc50").exists()
+
+
+def test_archive_within_limits_is_unpacked(tmp_path):
+    tree = tmp_path / "tree"
+    fake_esc50(tree)
+    archive = tmp_path / "esc.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in sorted(tree.rglob("*")):
+            z.write(p, p.relative_to(tree).as_posix())
+    result = download(esc_params(archive, max_members=100, max_unpacked_mb=1), tmp_path / "work")
+    assert result["data"]["clips"] == 12
+
+
+# --------------------------------------------------------------------------- 4. params
+
+
+def repo_params() -> dict:
+    return load_params(REPO / "params.yaml")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p["train"].update(max_epoch=3), "unknown parameter 'train.max_epoch'; did you mean 'train.max_epochs'?"),
+    (lambda p: p["residual"].update(varience=0.9), "unknown parameter 'residual.varience'; did you mean 'residual.variance'?"),
+    (lambda p: p.update(resdual={"mode": "direct"}), "unknown parameter 'resdual'; did you mean 'residual'?"),
+    (lambda p: p["data"]["esc50"].update(limt=3), "did you mean 'data.esc50.limit'?"),
+    (lambda p: p["train"].update(lr=True), "'train.lr' must be a number > 0, not the boolean true"),
+    (lambda p: p["cv"].update(k=False), "'cv.k' must be an integer >= 2, not the boolean false"),
+    (lambda p: p["extract"].update(regimes=[]), "'extract.regimes' is []"),
+    (lambda p: p["residual"].update(mode="injct"), "did you mean 'inject'?"),
+    (lambda p: p.update(datasets=["esc50", "esc50"]), "'datasets' lists an entry twice"),
+])
+def test_typos_and_wrong_types_are_refused(edit, message):
+    params = repo_params()
+    edit(params)
+    with pytest.raises(ParamError) as err:
+        validate(params)
+    assert message in str(err.value)
+
+
+def test_every_key_of_params_yaml_is_in_the_schema():
+    params = repo_params()
+    validate(params)
+    validate({**params, "datasets": ["esc50", "tinysol"]})
+
+    def leaves(node, prefix=""):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                yield from leaves(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}"
+
+    patterns = list(SCHEMA)
+    for key in leaves(params):
+        assert any(len(p.split(".")) == len(key.split(".")) and all(a in ("*", b) for a, b in zip(p.split("."), key.split(".")))
+                   for p in patterns), key
+
+
+def test_regimes_empty_is_refused_by_the_extract_stage_too():
+    from residual_audio.extract import check_regimes
+
+    with pytest.raises(ParamError, match="extract.regimes.*non-empty"):
+        check_regimes([])
+
+
+def stage_env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def test_every_stage_script_checks_the_whole_params_file(tmp_path):
+    scripts = sorted((REPO / "stages").glob("*.py"))
+    assert scripts and all("main(" in s.read_text() and "residual_audio.stage import main" in s.read_text() for s in scripts)
+    params = repo_params()
+    params["train"]["max_epoch"] = 3  # a key no stage but train reads
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = subprocess.run([sys.executable, str(REPO / "stages" / "download.py")], cwd=tmp_path, capture_output=True,
+                         text=True, env=stage_env(), timeout=300)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == ["download: params.yaml: unknown parameter 'train.max_epoch'; did you mean 'train.max_epochs'?"]
+    assert not (tmp_path / "data").exists()
+
+
+def test_malformed_params_file_gives_one_line_with_the_line_number(tmp_path):
+    (tmp_path / "params.yaml").write_text("seed: 0\ntrain:\n  lr: [0.1, 0.2\n  patience: 3\n")
+    out = subprocess.run([sys.executable, str(REPO / "stages" / "download.py")], cwd=tmp_path, capture_output=True,
+                         text=True, env=stage_env(), timeout=300)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and len(lines) == 1
+    assert lines[0].startswith("download: params.yaml, line 4: not valid YAML")
+
+
+# --------------------------------------------------------------------------- 5. audio
+
+
+def test_truncated_wav_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "t.wav"
+    sf.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, 8000).astype(np.float32), 8000, subtype="PCM_16")
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    assert len(sf.read(path)[0]) > 0  # libsndfile alone reads the half file without complaint
+    with pytest.raises(AudioError, match=rf"{path}: truncated WAV"):
+        decode(path)
+
+
+def test_anti_phase_stereo_and_sub_lsb_audio_fail_like_silence(tmp_path):
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, 48000).astype(np.float32)
+    anti = tmp_path / "anti.wav"
+    sf.write(anti, np.stack([x, -x], 1), 48000, subtype="FLOAT")
+    nearly = tmp_path / "nearly.wav"  # not exactly anti-phase: what remains is below one int16 step
+    sf.write(nearly, np.stack([x, -x * (1 - 1e-6)], 1), 48000, subtype="FLOAT")
+    faint = tmp_path / "faint.wav"
+    sf.write(faint, x * 1e-5, 48000, subtype="FLOAT")
+    for path in (anti, nearly, faint):
+        with pytest.raises(AudioError, match=rf"{path}: audio is silent"):
+            prepare(path)
+    assert np.abs(sf.read(anti)[0]).max() > 0.4  # each channel on its own is loud
+
+
+def test_too_short_clip_is_refused_not_tiled(tmp_path):
+    path = tmp_path / "blip.wav"
+    sf.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, 480).astype(np.float32), 48000)  # 10 ms
+    with pytest.raises(AudioError, match=rf"{path}: clip lasts 0.0100 s, shorter than preprocess.min_seconds = 0.1"):
+        prepare(path)
+    wave, info = prepare(path, min_seconds=0.005)
+    assert info["duration"] == pytest.approx(0.01) and np.count_nonzero(wave) > 0
+
+
+def test_audio_errors_name_the_users_original_file(tmp_path):
+    from residual_audio.preprocess import run as preprocess
+
+    src = folder_source(tmp_path / "my recordings")
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, 4800).astype(np.float32)
+    sf.write(src / "cls1" / "bad.wav", np.stack([x, -x], 1), 48000)
+    work = tmp_path / "work"
+    params = {"dataset": "folder", "data": {"folder": {"source": str(src)}}, "model": {"checkpoint": "random", "tokenizer": None}}
+    download(params, work)
+    with pytest.raises(AudioError) as err:
+        preprocess(params, work)
+    message = str(err.value)
+    assert message.startswith(f"{src / 'cls1' / 'bad.wav'}: audio is silent") and "data/raw" not in message
+    assert not (work / "data" / "mel").exists() or hidden(work / "data" / "mel") == []
+
+
+# --------------------------------------------------------------------------- 6. half-written and stale outputs
+
+
+TOY_STAGE = textwrap.dedent("""
+    import resource, signal, sys, time
+    from pathlib import Path
+    from residual_audio.datasets import DatasetError
+    from residual_audio.io import atomic_path
+    from residual_audio.stage import main
+
+    mode = sys.argv[1]
+
+    def run(params):
+        with atomic_path("out/store.zarr") as tmp:  # a folder output, as zarr stores are
+            tmp.mkdir()
+            (tmp / "chunk").write_text("new store")
+            if mode == "hang":
+                Path("ready").write_text("")
+                time.sleep(120)
+        with atomic_path("metrics/a.json") as tmp:
+            tmp.write_text("new a")
+        if mode == "fail":
+            raise DatasetError("second output: bad input")
+        if mode == "full":
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
+        with atomic_path("metrics/b.bin") as tmp:
+            with open(tmp, "wb") as f:
+                f.write(b"x" * (1 << 17))
+        return "out/store.zarr"
+
+    main("toy", run)
+""")
+
+
+@pytest.fixture
+def toy(tmp_path):
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    (tmp_path / "toy.py").write_text(TOY_STAGE)
+
+    def start(mode: str):
+        return subprocess.Popen([sys.executable, "toy.py", mode], cwd=tmp_path, env=stage_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def finish(mode: str):
+        proc = start(mode)
+        out, errors = proc.communicate(timeout=300)
+        return proc.returncode, errors
+
+    return tmp_path, start, finish
+
+
+def outputs(root: Path) -> dict[str, str]:
+    found = {}
+    for directory in ("out", "metrics"):
+        for p in sorted((root / directory).rglob("*")) if (root / directory).exists() else []:
+            if p.is_file():
+                found[p.relative_to(root).as_posix()] = p.read_bytes()[:20].decode()
+    return found
+
+
+def test_kill_9_leftovers_are_removed_by_the_next_run_but_a_live_runs_are_kept(toy):
+    root, start, finish = toy
+    victim = start("hang")
+    deadline = time.time() + 120
+    while not (root / "ready").exists():
+        assert time.time() < deadline and victim.poll() is None, victim.communicate()
+        time.sleep(0.1)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    stale = hidden(root / "out")
+    assert len(stale) == 1 and stale[0].startswith(f".store.zarr.tmp-{victim.pid}-")
+    (root / "ready").unlink()
+    live = start("hang")  # another run, alive while the rerun below cleans up
+    while not (root / "ready").exists():
+        assert time.time() < deadline and live.poll() is None, live.communicate()
+        time.sleep(0.1)
+    try:
+        assert finish("ok")[0] == 0
+        left = hidden(root / "out")
+        assert len(left) == 1 and left[0].startswith(f".store.zarr.tmp-{live.pid}-"), left  # the live run's only
+        assert (root / "out" / "store.zarr" / "chunk").read_text() == "new store"
+    finally:
+        live.kill()
+        live.wait()
+    assert finish("ok")[0] == 0
+    assert hidden(root / "out") == [] and hidden(root / "metrics") == []
+    assert not (root / rio.RUNS_DIR).exists()
+
+
+def test_a_failing_stage_leaves_every_previous_output_as_it_was(toy):
+    root, _, finish = toy
+    assert finish("ok")[0] == 0
+    before = outputs(root)
+    (root / "metrics" / "a.json").write_text("old a")
+    before = outputs(root)
+    code, errors = finish("fail")
+    assert code == 1 and errors.strip().splitlines() == ["toy: second output: bad input"]
+    assert outputs(root) == before  # a.json was written by the failing run, yet not moved into place
+    assert hidden(root / "out") == [] and hidden(root / "metrics") == []
+
+
+def test_out_of_space_gives_one_line_naming_the_path_and_keeps_old_outputs(toy):
+    root, _, finish = toy
+    assert finish("ok")[0] == 0
+    (root / "metrics" / "a.json").write_text("old a")
+    before = outputs(root)
+    code, errors = finish("full")  # a file-size limit makes the third write fail like a full disk
+    lines = errors.strip().splitlines()
+    assert code == 1 and len(lines) == 1, errors
+    assert lines[0].startswith("toy: metrics/b.bin: out of disk space")
+    assert outputs(root) == before
+    assert hidden(root / "out") == [] and hidden(root / "metrics") == []
+
+
+def test_a_commit_cut_short_is_rolled_forward_at_the_next_start(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    finals = [tmp_path / "a.json", tmp_path / "store.zarr"]
+    finals[0].write_text("old a")
+    finals[1].mkdir()
+    (finals[1] / "chunk").write_text("old store")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    moves = []
+    for final in finals:  # the dead run had written its new outputs aside
+        tmp = final.with_name(f".{final.name}.tmp-{dead.pid}-0000000{len(moves)}")
+        if final.suffix == ".zarr":
+            tmp.mkdir()
+            (tmp / "chunk").write_text("new store")
+        else:
+            tmp.write_text("new a")
+        moves.append((tmp, final, final.with_name(f".{final.name}.old-{dead.pid}-0000000{len(moves)}")))
+    # ... and was killed after moving the first output into place, before the second
+    os.replace(finals[0], moves[0][2])
+    os.replace(moves[0][0], finals[0])
+    runs = tmp_path / rio.RUNS_DIR
+    runs.mkdir(parents=True)
+    log = [{"tmp": str(t)} for t, _, _ in moves] + [{"commit": [[str(p) for p in m] for m in moves]}]
+    (runs / f"toy-{dead.pid}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    rio.remove_stale(finals[1])  # a new run's writer must not take the pending ones for garbage
+    with rio.atomic_path(tmp_path / "other.txt") as tmp:
+        tmp.write_text("x")
+    assert moves[1][0].exists()
+    with rio.transaction("toy"):
+        pass
+    assert finals[0].read_text() == "new a" and (finals[1] / "chunk").read_text() == "new store"
+    assert hidden(tmp_path) == []
+
+
+def test_a_journal_cut_short_rolls_back(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    final = tmp_path / "a.json"
+    final.write_text("old a")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    tmp = tmp_path / f".a.json.tmp-{dead.pid}-00000000"
+    tmp.write_text("new a")
+    runs = tmp_path / rio.RUNS_DIR
+    runs.mkdir(parents=True)
+    (runs / f"toy-{dead.pid}.jsonl").write_text(json.dumps({"tmp": str(tmp)}) + '\n{"commit": [["' + str(tmp))
+    assert rio.recover(runs)
+    assert final.read_text() == "old a" and not tmp.exists()
+
+
+def test_download_checks_every_source_before_writing_any(tmp_path):
+    src = tmp_path / "esc"
+    fake_esc50(src)
+    work = tmp_path / "work"
+    params = {"dataset": "esc50", "data": {"esc50": {"source": str(src)}},
+              "model": {"checkpoint": str(tmp_path / "missing.pt"), "tokenizer": None}}
+    with pytest.raises(DownloadError, match="model.checkpoint: .*missing.pt not found"):
+        download(params, work)
+    assert not (work / "data").exists()
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")  # present, but fails once fetched
+    params["model"]["checkpoint"] = str(tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path / 'bad.pt'}: not a readable PyTorch checkpoint"):
+        download(params, work)
+    assert not (work / "data" / "raw" / "esc50").exists() and not (work / "data" / "models").exists()
+
+
+def snapshot(root: Path, folders=("metrics", "plots")) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): sha256(p) for d in folders for p in sorted((root / d).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_evaluate_out_of_space_keeps_the_previous_outputs(tmp_path):
+    from test_alignment_stages import _project
+
+    root = _project(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    for stage in ("bases", "baselines", "train", "evaluate"):
+        out = subprocess.run([sys.executable, f"stages/{stage}.py"], cwd=root, env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+    before = snapshot(root)
+    assert any(k.endswith(".png") for k in before) and "metrics/residual.json" in before
+    (root / "metrics" / "residual.json").write_text("{}\n")  # so that a rewrite would show
+    before = snapshot(root)
+    limited = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192)); sys.argv = ['stages/evaluate.py']; "
+               "runpy.run_path('stages/evaluate.py', run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", limited], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and len(lines) == 1 and "out of disk space" in lines[0], out.stderr[-2000:]
+    assert snapshot(root) == before  # metrics not rewritten, no figure lost
+    assert not [p for p in root.rglob(".*.tmp-*")] and not [p for p in root.rglob(".*.old-*")]
