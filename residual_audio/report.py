@@ -133,7 +133,7 @@ def evaluate_stage(params: dict, results_dir: Path = Path("data/results")) -> No
             comparison.append(dict(method=method, dataset=ds, accuracy=block["accuracy"]["mean"], std=block["accuracy"]["std"],
                                    top5=block["top5"]["mean"], params=block["params"], weights=block["weights"]))
             learning += [dict(dataset=ds, method=method, **row) for row in res["history"] if "epoch" in row]
-            if f"{folds[0]}/lam" in res and f"{folds[0]}/unit_names" in res:
+            if all(f"{folds[0]}/{k}" in res for k in ("lam", "unit_names", "owner", "explained")):  # ResiDual-style λ
                 lambda_tables[(ds, method)] = lambda_table(res).assign(method=method)
                 component_tables[(ds, method)] = component_table(res).assign(method=method)
 
