@@ -153,12 +153,18 @@ class _OutputModel(nn.Module):
 
 
 class LinearMap(_OutputModel):
-    """Paper's "Linear": y = W x + b (d×d with bias), identity at start."""
+    """Paper's "Linear": y = W x + b (d×d with bias); PyTorch's default `nn.Linear` init (seeded)
+    as the released code, or W = I, b = 0 (`init: identity`)."""
 
-    def __init__(self, head, dim=512):
+    def __init__(self, head, dim=512, init="default", seed=0):
         super().__init__(head)
-        self.weight = nn.Parameter(torch.eye(dim))
-        self.bias = nn.Parameter(torch.zeros(dim))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            layer = nn.Linear(dim, dim)
+        if init == "identity":
+            nn.init.eye_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        self.weight, self.bias = layer.weight, layer.bias
 
     def adapt(self, out):
         return out @ self.weight.T + self.bias
@@ -195,6 +201,7 @@ class _Trained(Estimator):
 
     lr_key = ""
     default_lr: tuple = (1e-3,)
+    warmup_epochs = 0  # the released ResiDual code's baselines use none
 
     def __init__(self, lr=(1e-3,), max_epochs=30, patience=5, batch_size=64, select_on="val_accuracy", weight_decay=0.0, seed=0):
         self.lr, self.max_epochs, self.patience, self.batch_size = tuple(lr), max_epochs, patience, batch_size
@@ -208,7 +215,8 @@ class _Trained(Estimator):
 
     def _config(self, seed):
         return TrainConfig(max_epochs=self.max_epochs, patience=self.patience, batch_size=self.batch_size,
-                           monitor=self.select_on, weight_decay=self.weight_decay, seed=seed, lr_key=self.lr_key).check()
+                           monitor=self.select_on, weight_decay=self.weight_decay, seed=seed, lr_key=self.lr_key,
+                           warmup_epochs=self.warmup_epochs).check()
 
     def _make(self, data: FoldData, head: FrozenHead) -> nn.Module:
         raise NotImplementedError
@@ -244,8 +252,20 @@ class Linear(_Trained):
 
     name, lr_key, default_lr = "linear", "baselines.linear.lr", (1e-3,)
 
+    def __init__(self, lr=(1e-3,), max_epochs=30, patience=5, batch_size=64, select_on="val_accuracy", weight_decay=0.0,
+                 seed=0, init="default"):
+        super().__init__(lr, max_epochs, patience, batch_size, select_on, weight_decay, seed)
+        self.init = init
+
+    @classmethod
+    def from_params(cls, params):
+        est = super().from_params(params)
+        est.init = get(params, "baselines.linear.init", "default")
+        check(est.init in ("default", "identity"), "baselines.linear.init", f"must be default or identity, got {est.init!r}")
+        return est
+
     def _make(self, data, head):
-        return LinearMap(head, head.w2.shape[0])
+        return LinearMap(head, head.w2.shape[0], self.init, data.seed)
 
     def artefacts(self):
         return {"weight": self.model_.weight.detach().numpy().copy(), "bias": self.model_.bias.detach().numpy().copy()}
@@ -255,9 +275,9 @@ class Linear(_Trained):
 class SpectralOut(_Trained):
     """The paper's "Spectral out": PCA of the 512-d output embedding (fitting clips), one λ per component."""
 
-    name, lr_key, default_lr = "spectral_out", "baselines.spectral_out.lr", (0.8,)
+    name, lr_key, default_lr = "spectral_out", "baselines.spectral_out.lr", (1e-3,)
 
-    def __init__(self, lr=(0.8,), max_epochs=30, patience=5, batch_size=64, select_on="val_accuracy", weight_decay=0.0,
+    def __init__(self, lr=(1e-3,), max_epochs=30, patience=5, batch_size=64, select_on="val_accuracy", weight_decay=0.0,
                  seed=0, lam_init="normal", add_mean=False):
         super().__init__(lr, max_epochs, patience, batch_size, select_on, weight_decay, seed)
         self.lam_init, self.add_mean = lam_init, add_mean
@@ -290,6 +310,7 @@ class LinearAdapter(_Trained):
     """A 512×512 map (no bias, identity at start) on the normalised embedding, then renormalised."""
 
     name, lr_key, default_lr = "linear_adapter", "baselines.linear_adapter.lr", (1e-3, 1e-2, 1e-1)
+    warmup_epochs = 1
 
     def _make(self, data, head):
         return NormalisedMap(head, head.w2.shape[0])

@@ -72,6 +72,7 @@ def read_recipe(params: dict, name: str) -> Recipe:
     check(is_int(r.max_epochs) and 0 <= r.max_epochs <= 30, f"{key}.max_epochs", f"must be an integer in 0..30, got {r.max_epochs!r}")
     check(is_int(r.patience) and r.patience >= 1, f"{key}.patience", f"must be a positive integer, got {r.patience!r}")
     check(is_int(r.batch_size) and r.batch_size >= 1, f"{key}.batch_size", f"must be a positive integer, got {r.batch_size!r}")
+    check(is_int(r.warmup_epochs) and r.warmup_epochs >= 0, f"{key}.warmup_epochs", f"must be an integer >= 0, got {r.warmup_epochs!r}")
     check(r.select_on in MONITORS, f"{key}.select_on", f"must be one of {', '.join(MONITORS)}, got {r.select_on!r}")
     if isinstance(r.lr, (list, tuple)):
         r = replace(r, lr=tuple(float(v) for v in r.lr))
@@ -219,7 +220,8 @@ class ResiDualRecipe(Estimator):
         tr, va = data.split.train, data.split.val
         ftr, fva = self._features(data, tr), self._features(data, va)
         cfg = TrainConfig(max_epochs=r.max_epochs, patience=r.patience, batch_size=r.batch_size, monitor=r.select_on,
-                          seed=data.seed, lr_key=f"residual.recipes.{self.recipe_name}.lr").check()
+                          seed=data.seed, lr_key=f"residual.recipes.{self.recipe_name}.lr",
+                          warmup_epochs=r.warmup_epochs).check()
         lrs = r.lr if isinstance(r.lr, tuple) else (float(r.lr),)
         self.model_, self.history_, self.lr_, self.lr_scores_ = train_grid(
             lambda: RecipeModel(head, self.lam_init_, psi, offset), lrs, ftr, data.labels[tr], fva, data.labels[va], cfg,

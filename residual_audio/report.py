@@ -178,7 +178,7 @@ def evaluate_stage(params: dict, dataset: str, results_dir: Path = Path("data/re
     with atomic_path(out_plots / "lambda") as tmp:
         tmp.mkdir(parents=True)
         for method, res in methods.items():
-            if f"{res['folds'][0]}/lam" in res and f"{res['folds'][0]}/unit_names" in res:
+            if all(f"{res['folds'][0]}/{k}" in res for k in ("lam", "unit_names", "owner", "explained")):  # ResiDual-style λ
                 lt, ct = lambda_table(res), component_table(res)
                 _csv(tmp / f"{method}.csv", lt)
                 plot_lambda(lt, tmp / f"{method}.png", f"{method}: λ per head — {dataset} ({weight} weights)")

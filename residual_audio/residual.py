@@ -184,7 +184,8 @@ class Recipe:
       `remove` (zero ablation).
     - `lr` (a number, or a grid chosen on the validation clips), `max_epochs`, `patience`,
       `batch_size`: schedule-free AdamW training;
-      `select_on`: early stopping and checkpoint choice on `val_accuracy` or `val_loss`.
+      `select_on`: early stopping and checkpoint choice on `val_accuracy` or `val_loss`;
+      `warmup_epochs`: schedule-free warm-up (the released code uses none).
     """
 
     name: str
@@ -200,13 +201,14 @@ class Recipe:
     patience: int = 5
     batch_size: int = 64
     select_on: str = "val_accuracy"
+    warmup_epochs: int = 0
 
 
 # Basile et al. (2025), released configs (conf/train/residual_*.gin, nn/adapter.py), and ours.
 RECIPES = {
     "coarse": Recipe("coarse", units="heads", pca=False, lam_init="normal", add_mean=False, others="remove"),
     "fine": Recipe("fine", units="heads", variance=0.9, beyond="drop", lam_init="normal", add_mean=False, others="remove"),
-    "full": Recipe("full", units="heads+mlp", variance=1.0, lam_init="normal", add_mean=False, others="keep"),
+    "full": Recipe("full", units="heads+mlp", variance=1.0, beyond="drop", lam_init="normal", add_mean=False, others="keep"),
     "identity": Recipe("identity", units="heads", variance=0.95, beyond="keep", lam_init="ones", add_mean=True,
-                       others="keep", lr=(0.001, 0.01, 0.1), select_on="val_loss"),
+                       others="keep", lr=(0.001, 0.01, 0.1), select_on="val_loss", warmup_epochs=1),
 }

@@ -39,6 +39,7 @@ class TrainConfig:
     batch_progress: bool = False  # a progress bar per epoch, for slow (model-forward) epochs
     monitor: str = "val_loss"  # early stopping and checkpoint choice: val_loss (lower) | val_accuracy (higher)
     lr_key: str = "train.lr"  # the params key named when the loss diverges
+    warmup_epochs: int = 1  # schedule-free AdamW warm-up, in epochs (0: none, as the ResiDual code)
 
     def check(self) -> "TrainConfig":
         if not isinstance(self.max_epochs, int) or not 0 <= self.max_epochs <= 30:
@@ -79,7 +80,7 @@ def _check_loss(loss: torch.Tensor, epoch: int, lr: float, key: str = "train.lr"
 
 def _optimizer(model, cfg: TrainConfig, lr: float, steps_per_epoch: int):
     params = [p for p in model.parameters() if p.requires_grad]
-    return AdamWScheduleFree(params, lr=lr, weight_decay=cfg.weight_decay, warmup_steps=steps_per_epoch)
+    return AdamWScheduleFree(params, lr=lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_epochs * steps_per_epoch)
 
 
 def lr_range_test(model, inputs: tuple, labels: torch.Tensor, cfg: TrainConfig, lo=1e-4, hi=1.0, steps=60) -> float:

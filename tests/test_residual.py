@@ -103,7 +103,7 @@ def test_untrained_identity_maps_are_zero_shot(world, split):
     store, text, _ = world
     data = _fold(store, text, split)
     zs = build("zeroshot", {}).fit(data).logits(data, split.test)
-    params = {"train": {"max_epochs": 0}}
+    params = {"train": {"max_epochs": 0}, "baselines": {"linear": {"init": "identity"}}}
     for name in ("linear", "linear_adapter"):
         np.testing.assert_allclose(build(name, params).fit(data).logits(data, split.test), zs, atol=1e-4)
 
