@@ -52,3 +52,14 @@ def waveforms():
 
     gen = torch.Generator().manual_seed(7)
     return torch.randn(2, 480000, generator=gen) * torch.tensor([[0.05], [0.3]])
+
+
+# Tests that build or run a CLAP model (directly or through a fixture that does) carry the
+# `model` marker, so `pytest -m "not model"` is a quick loop; `slow` ones run whole stages.
+MODEL_FIXTURES = {"model", "base_model", "tokenizer"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.model)
