@@ -339,8 +339,10 @@ def text_embedding(model, tokens: dict) -> torch.Tensor:
 def class_embeddings(model, tok, labels: list[str], templates=(PROMPT,)) -> torch.Tensor:
     """Zero-shot class vectors: each template filled with the label (underscores as spaces),
     embedded and normalised, averaged over templates, normalised again. Shape [classes, 512]."""
+    from .logs import progress
+
     per_template = []
-    for template in templates:
+    for template in progress(list(templates), desc="text (templates)", unit="template"):
         texts = [template.format(label=label.replace("_", " ")) for label in labels]
         per_template.append(text_embedding(model, tokenize(tok, texts)))
     return F.normalize(torch.stack(per_template).mean(0), dim=-1)

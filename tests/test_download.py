@@ -495,3 +495,21 @@ def test_dvc_repro_skips_the_fetch_when_only_limit_changes(esc_tree, tmp_path):
     assert "up to date" in out
     assert manifest.stat().st_mtime_ns == stamp
     assert len(list_clips("esc50", work / "data" / "raw" / "esc50")[0]) == 12
+
+
+def test_offline_failure_names_the_source_and_the_way_out(esc_tree, tmp_path, monkeypatch):
+    """No network: the stage says which source failed and how to point it at a local copy or `random`."""
+    import residual_audio.download as download
+    from residual_audio.download import NetworkError, run_dataset, run_model
+
+    def offline(url, dest, sha256=None, timeout=60):
+        raise NetworkError(f"{url}: download failed (Name or service not known)")
+
+    monkeypatch.setattr(download, "download_url", offline)
+    params = stage_params("https://example.invalid/ESC-50.zip")
+    with pytest.raises(NetworkError, match=r"data\.esc50\.source: .*Name or service not known.*local copy.*-S data\.esc50\.source="):
+        run_dataset(params, "esc50", tmp_path)
+    params["model"]["checkpoint"] = "630k-audioset-best.pt"
+    with pytest.raises(NetworkError, match=r"model\.checkpoint: .*model\.checkpoint=random"):
+        run_model(params, tmp_path)
+    assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()]  # nothing written
