@@ -428,6 +428,16 @@ def test_audio_errors_name_the_users_original_file(tmp_path):
     assert not (work / "data" / "mel").exists() or hidden(work / "data" / "mel") == []
 
 
+def test_dataset_errors_at_download_name_the_source_not_a_temporary_folder(tmp_path):
+    src = tmp_path / "esc"
+    fake_esc50(src)
+    victim = sorted((src / "ESC-50-master" / "audio").iterdir())[0]
+    victim.unlink()
+    with pytest.raises(DatasetError) as err:
+        fetch_dataset(str(src), tmp_path / "raw" / "esc50", check_dataset="esc50")
+    assert str(src / "ESC-50-master" / "audio" / victim.name) in str(err.value) and ".tmp-" not in str(err.value)
+
+
 # --------------------------------------------------------------------------- 6. half-written and stale outputs
 
 
