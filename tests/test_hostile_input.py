@@ -528,6 +528,19 @@ def test_kill_9_leftovers_are_removed_by_the_next_run_but_a_live_runs_are_kept(t
     assert not (root / rio.RUNS_DIR).exists()
 
 
+def test_leftovers_of_dead_or_pre_pid_runs_go_and_live_ones_stay(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    names = {f".a.zarr.tmp-{dead.pid}-0123abcd": False, ".a.zarr.tmp-89abcdef": False,
+             f".a.zarr.tmp-{os.getppid()}-0123abcd": True, f".b.zarr.tmp-{dead.pid}-0123abcd": True}
+    for name in names:
+        (tmp_path / name).mkdir()
+    with rio.atomic_path(tmp_path / "a.zarr") as tmp:
+        tmp.mkdir()
+    assert {n: (tmp_path / n).exists() for n in names} == names  # only a.zarr's own, only dead runs'
+
+
 def test_a_failing_stage_leaves_every_previous_output_as_it_was(toy):
     root, _, finish = toy
     assert finish("ok")[0] == 0
