@@ -382,6 +382,17 @@ def _request(source: str, sha256: str | None) -> dict:
     return {"source": source, "expected_sha256": sha256, "stamp": source_stamp(source)}
 
 
+def _in_sources(message: str, tmp: Path, fetched: list[dict]) -> str:
+    """`message` with paths inside the temporary output replaced by the sources they came from."""
+    for base in {str(tmp), str(Path(tmp).resolve())}:
+        for entry in fetched:
+            for name in entry.get("entries", []):
+                where = {"directory": f"{Path(entry['source']) / name}", "archive": f"{entry['source']}:{name}"}
+                message = message.replace(f"{base}/{name}", where.get(entry.get("kind"), str(entry["source"])))
+        message = message.replace(base, "the fetched sources")
+    return message
+
+
 def original_source(raw: Path, path: str | os.PathLike) -> str:
     """The user's original file for a clip under the download output `raw` (from its manifest),
     so that errors name what the user can fix, not the copy. Falls back to `path`."""
@@ -447,7 +458,10 @@ def fetch_dataset(
         fetched = [place(s, tmp, h, key, limits) for s, h in zip(sources, sums)]
         manifest = {"requests": requests, "fetched": fetched, "files": _files(tmp)}
         if check_dataset is not None:
-            clips, classes = list_clips(check_dataset, tmp, **(options or {}))
+            try:
+                clips, classes = list_clips(check_dataset, tmp, **(options or {}))
+            except DatasetError as exc:  # name the user's sources, not the temporary folder
+                raise DatasetError(_in_sources(str(exc), tmp, fetched)) from None
             manifest.update(dataset=check_dataset, clips=len(clips), classes=len(classes))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     print(f"{out}: {manifest['files']} files from {', '.join(sources)}")

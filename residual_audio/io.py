@@ -26,7 +26,7 @@ from pathlib import Path
 
 # Where runs record their temporaries and commit journals (relative to the project folder).
 RUNS_DIR = Path(".residual_audio") / "runs"
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?:(?P<pid>\d+)-)?[0-9a-f]{8}$")
 _OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _current: "Transaction | None" = None
 
@@ -72,12 +72,12 @@ def remove_stale(final: str | os.PathLike) -> list[Path]:
     if not final.parent.is_dir():
         return removed
     pending = {int(p.stem.rsplit("-", 1)[-1]) for p in RUNS_DIR.glob("*.jsonl") if p.stem.rsplit("-", 1)[-1].isdigit()}
-    for path in final.parent.glob(f".{glob_escape(final.name)}.*-*-*"):
+    for path in final.parent.glob(f".{glob_escape(final.name)}.*-*"):
         m = _LEFTOVER.match(path.name)
         if m is None or m["name"] != final.name:
             continue
-        pid = int(m["pid"])
-        if pid in pending or pid_alive(pid):
+        pid = int(m["pid"]) if m["pid"] else None  # no pid: written by an earlier version, before PIDs
+        if pid is not None and (pid in pending or pid_alive(pid)):
             continue
         _remove(path)
         removed.append(path)

@@ -428,6 +428,16 @@ def test_audio_errors_name_the_users_original_file(tmp_path):
     assert not (work / "data" / "mel").exists() or hidden(work / "data" / "mel") == []
 
 
+def test_dataset_errors_at_download_name_the_source_not_a_temporary_folder(tmp_path):
+    src = tmp_path / "esc"
+    fake_esc50(src)
+    victim = sorted((src / "ESC-50-master" / "audio").iterdir())[0]
+    victim.unlink()
+    with pytest.raises(DatasetError) as err:
+        fetch_dataset(str(src), tmp_path / "raw" / "esc50", check_dataset="esc50")
+    assert str(src / "ESC-50-master" / "audio" / victim.name) in str(err.value) and ".tmp-" not in str(err.value)
+
+
 # --------------------------------------------------------------------------- 6. half-written and stale outputs
 
 
@@ -516,6 +526,19 @@ def test_kill_9_leftovers_are_removed_by_the_next_run_but_a_live_runs_are_kept(t
     assert finish("ok")[0] == 0
     assert hidden(root / "out") == [] and hidden(root / "metrics") == []
     assert not (root / rio.RUNS_DIR).exists()
+
+
+def test_leftovers_of_dead_or_pre_pid_runs_go_and_live_ones_stay(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    names = {f".a.zarr.tmp-{dead.pid}-0123abcd": False, ".a.zarr.tmp-89abcdef": False,
+             f".a.zarr.tmp-{os.getppid()}-0123abcd": True, f".b.zarr.tmp-{dead.pid}-0123abcd": True}
+    for name in names:
+        (tmp_path / name).mkdir()
+    with rio.atomic_path(tmp_path / "a.zarr") as tmp:
+        tmp.mkdir()
+    assert {n: (tmp_path / n).exists() for n in names} == names  # only a.zarr's own, only dead runs'
 
 
 def test_a_failing_stage_leaves_every_previous_output_as_it_was(toy):
