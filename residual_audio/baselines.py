@@ -34,6 +34,19 @@ def output_embedding(text, embedding: np.ndarray) -> torch.Tensor:
         return F.linear(F.relu(head.pre(torch.from_numpy(np.asarray(embedding, dtype=np.float32)))), head.w2, head.b2)
 
 
+CHUNK, EVAL_BATCH = 256, 4096  # clips per first-layer product and per scoring pass (as `training.evaluate`)
+
+
+def pooled_pre(head: FrozenHead, embedding: np.ndarray) -> torch.Tensor:
+    """W₁ e + b₁ of pooled embeddings, `CHUNK` clips at a time: every method that scores the exact
+    embedding computes it with the same products, so an untrained identity map equals zero-shot
+    bit for bit whatever the number of clips."""
+    with torch.no_grad():
+        e = np.asarray(embedding, dtype=np.float32)
+        parts = [head.pre(torch.from_numpy(e[i : i + CHUNK])) for i in range(0, len(e), CHUNK)]
+        return torch.cat(parts) if parts else torch.zeros(0, head.w1.shape[0])
+
+
 def train_config(params: dict, seed: int = 0) -> TrainConfig:
     """The shared training settings of the trained baselines (`train.*`), checked."""
     cfg = TrainConfig(max_epochs=get(params, "train.max_epochs", 30), patience=get(params, "train.patience", 5),
@@ -71,8 +84,9 @@ class ZeroShot(Estimator):
     def logits(self, data: FoldData, idx) -> np.ndarray:
         self._check_fitted()
         head = FrozenHead(data.text)
+        pre = pooled_pre(head, data.store.embedding[np.asarray(idx)])
         with torch.no_grad():
-            return head(head.pre(torch.from_numpy(data.store.embedding[idx]))).numpy()
+            return torch.cat([head(pre[i : i + EVAL_BATCH]) for i in range(0, len(pre), EVAL_BATCH)]).numpy()
 
 
 @register

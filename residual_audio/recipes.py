@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .baselines import init_lambda
+from .baselines import CHUNK, EVAL_BATCH, init_lambda
 from .estimators import Estimator, FoldData, register
 from .params import ParamError, check, get
 from .residual import BEYOND, RECIPES, Recipe, UnitBases, check_mode, n_components, unit_pca
@@ -171,7 +171,7 @@ class ResiDualRecipe(Estimator):
                          np.concatenate(owner), np.concatenate(explained), float(self.recipe.variance))
 
     # ---------------------------------------------------------------- features
-    def _features(self, data: FoldData, idx: np.ndarray, chunk: int = 256):
+    def _features(self, data: FoldData, idx: np.ndarray, chunk: int = CHUNK):
         """(pre_base [n, 512], g) for clips `idx`, in float32, chunk by chunk."""
         r, b, head = self.recipe, self.bases_, FrozenHead(data.text)
         store = data.store
@@ -232,7 +232,7 @@ class ResiDualRecipe(Estimator):
 
     def logits(self, data: FoldData, idx) -> np.ndarray:
         self._check_fitted()
-        _, _, out = evaluate(self.model_, self._features(data, np.asarray(idx)), torch.from_numpy(data.labels[idx]))
+        _, _, out = evaluate(self.model_, self._features(data, np.asarray(idx)), torch.from_numpy(data.labels[idx]), EVAL_BATCH)
         return out.numpy()
 
     def chosen(self) -> dict:

@@ -284,3 +284,22 @@ def test_bad_methods_and_recipe_fields_name_the_key(project, monkeypatch):
     with pytest.raises(ParamError, match="residual.bases_on"):
         train_dataset(params, "synthetic")
     assert not (project / "data/results").exists()
+
+
+def test_identity_equals_zero_shot_bit_for_bit_beyond_one_chunk():
+    """More test clips than one first-layer chunk (256): still the same products, the same bits."""
+    from dataclasses import replace
+
+    from residual_audio.estimators import FoldData, build
+    from residual_audio.protocol import Split
+    from residual_audio.recipes import REGISTRY_RECIPES
+    from residual_audio.residual import RECIPES
+    from residual_audio.synthetic import in_memory_store, synthetic_world
+
+    arrays, attrs, text, _ = synthetic_world(n_per_class=64, n_classes=5, n_folds=2, seed=4)
+    store = in_memory_store(arrays, attrs)
+    idx = np.random.default_rng(0).permutation(store.n)
+    data = FoldData(store, text, Split("fold0", np.sort(idx[:30]), np.sort(idx[30:40]), np.sort(idx[40:])))
+    zs = build("zeroshot", {}).fit(data).logits(data, data.split.test)
+    ident = REGISTRY_RECIPES["identity"](replace(RECIPES["identity"], max_epochs=0)).fit(data)
+    assert len(data.split.test) > 256 and np.array_equal(ident.logits(data, data.split.test), zs)
