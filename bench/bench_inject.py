@@ -1,104 +1,104 @@
-"""Inject-mode ResiDual: seconds per training epoch through HTSAT-tiny, per first injected stage.
+"""Inject-mode ResiDual (`residual_inject`): peak memory (RSS) and seconds per clip on the CPU.
 
-Random weights, seeded noise clips (timings do not depend on the weights). For each entry of
---layers it prints the one-off cost of the entry cache, the no-grad evaluation cost and the
-training cost (forward + backward + step), per epoch and per clip, so that a fold of
-ESC-50 (1440 fitting + 160 validation clips) can be extrapolated:
-epoch ≈ 1440 · train s/clip + 160 · eval s/clip.
+Each configuration (`inject_layers` × `residual.granularity`) runs in its own subprocess, so
+its peak RSS (`ru_maxrss`) is its own. The dataset is at ESC-50 scale: 2000 clips' log-mels
+held in memory (float32, as the train loop holds the mel store) and the entry cache of the
+first injected stage for all 2000 clips (for stages > 0 filled with random values of the
+right shape: memory does not depend on the values, and computing it would take most of the
+time). The estimator then fits one fold with the `identity` recipe at `variance: 1.0` (every
+component gets a λ) — token bases (one no-grad forward over the fitting
+clips), one training epoch at the recipe's batch size in micro-batches, validation passes —
+on `--fit` fitting clips, for each value given. Peak RSS that does not grow with the number
+of fitting clips shows the bound holds at ESC-50's 1440.
 
-Run: python bench/bench_inject.py [--device cpu|cuda|auto] [--clips 32] [--batch 8] [--layers 0 3]
+Run: python bench/bench_inject.py [--fit 32 128] [--layers 0 3] [--granularity head stage]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import resource
+import subprocess
 import sys
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from residual_audio.clap import Architecture, build_model, log_mel, logit_scale  # noqa: E402
-from residual_audio.decompose import head_rows  # noqa: E402
-from residual_audio.extract import HeadExtractor, resolve_device  # noqa: E402
-from residual_audio.hooked import HookedHTSAT  # noqa: E402
-from residual_audio.inject import FromCache, InjectResiDual, entry_inputs, head_name  # noqa: E402
-from residual_audio.residual import fit_bases  # noqa: E402
-from residual_audio.training import TrainConfig, evaluate, train  # noqa: E402
-from residual_audio.zeroshot import FrozenHead, TextSide, projection_weights  # noqa: E402
+N_CLIPS = 2000  # ESC-50
+N_VAL = 16
 
 
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def one(stage: int, granularity: str, n_fit: int, batch: int, micro: int, threads: int) -> dict:
+    """Fit one fold in this process; returns timings and the peak RSS."""
+    from residual_audio.clap import build_model, logit_scale
+    from residual_audio.estimators import FoldData
+    from residual_audio.hooked import HookedHTSAT
+    from residual_audio.inject import ENTRY_KEY, ResidualInject
+    from residual_audio.protocol import Split
+    from residual_audio.residual import RECIPES
+    from residual_audio.zeroshot import TextSide, projection_weights
+
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(threads)
+    model = build_model("tiny", seed=0)
+    hooked = HookedHTSAT(model)
+    gen = torch.Generator().manual_seed(0)
+    mel = torch.empty(N_CLIPS, 1001, 64).normal_(-20, 5, generator=gen).numpy()  # log-mel-like values, 512 MB, no temporaries
+    context = dict(hooked=hooked, device=torch.device("cpu"), mel=mel)
+    if stage > 0:
+        with torch.no_grad():
+            shape = hooked.stream_into(stage, torch.from_numpy(mel[:1])).shape[1:]
+        context[ENTRY_KEY.format(stage=stage)] = torch.randn(N_CLIPS, *shape, generator=gen)
+    label = np.arange(N_CLIPS) % 50
+    classes = torch.nn.functional.normalize(torch.randn(50, 512, generator=gen), dim=-1).numpy()
+    text = TextSide([str(c) for c in range(50)], classes, logit_scale(model), projection_weights(model.audio_projection),
+                    "random", ["{label}"])
+    split = Split("fold", np.arange(n_fit), np.arange(n_fit, n_fit + N_VAL), np.arange(n_fit + N_VAL, N_CLIPS))
+    data = FoldData(store=SimpleNamespace(label=label, classes=text.classes), text=text, split=split, context=context)
+    recipe = dataclasses.replace(RECIPES["identity"], variance=1.0, max_epochs=1, batch_size=batch, lr=0.01)
+    est = ResidualInject(recipe=recipe, granularity=granularity, stages=[stage], device="cpu", micro_batch=micro)
+    t0 = time.perf_counter()
+    est.fit(data)
+    seconds = time.perf_counter() - t0
+    return dict(stage=stage, granularity=granularity, fit_clips=n_fit, batch=batch, micro=micro, lam=est.n_params_,
+                seconds_per_fit_clip=seconds / n_fit, peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--clips", type=int, default=32)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--fit", type=int, nargs="+", default=[32, 128], help="fitting clips per run")
     ap.add_argument("--layers", type=int, nargs="+", default=[0, 3])
-    ap.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    ap.add_argument("--granularity", nargs="+", default=["head", "stage"])
+    ap.add_argument("--batch", type=int, default=64, help="the recipe's batch size")
+    ap.add_argument("--micro", type=int, default=8, help="residual.inject.micro_batch")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    warnings.simplefilter("ignore")
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device, "--device")
-
-    model = build_model("tiny", seed=0)
-    gen = torch.Generator().manual_seed(0)
-    wave = torch.randn(args.clips, 480000, generator=gen) * torch.linspace(0.02, 0.5, args.clips)[:, None]
-    mel = log_mel(model, wave)
-    labels = np.arange(args.clips) % 2
-    model = model.to(device)
-    hooked = HookedHTSAT(model)
-    with torch.no_grad():
-        pre = torch.cat([HeadExtractor(model, ["pre"])(mel[i:i + args.batch].to(device))["heads/pre"].cpu()
-                         for i in range(0, args.clips, args.batch)]).numpy()
-    names = [head_name(*r) for r in head_rows(Architecture.of(model))]
-    bases = fit_bases(pre, np.arange(len(names)), names, 0.95)
-    classes = torch.nn.functional.normalize(torch.randn(2, 512, generator=gen), dim=-1).numpy()
-    text = TextSide(["a", "b"], classes, logit_scale(model), projection_weights(model.audio_projection), "random", ["{label}"])
-
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"HTSAT-tiny, random weights, {args.clips} clips, batch {args.batch}, {args.epochs} epochs, device {name}")
-    print(f"{'inject_layers':>13} {'lambda':>6} {'cache s/clip':>12} {'eval s/clip':>11} {'train s/epoch':>13} "
-          f"{'train s/clip':>12} {'ESC-50 fold epoch (est.)':>24}")
+    if args.one:
+        print(json.dumps(one(**json.loads(args.one))))
+        return
+    print(f"HTSAT-tiny, random weights, CPU ({args.threads} threads), {N_CLIPS} clips held, recipe batch {args.batch}, "
+          f"micro-batch {args.micro}, one epoch")
+    print(f"{'inject_layers':>13} {'granularity':>11} {'λ':>5} {'fit clips':>9} {'s/fit clip':>10} {'peak RSS':>9}")
     for stage in args.layers:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        cache = entry_inputs(hooked, mel.numpy(), stage, args.batch, device)
-        sync(device)
-        t_cache = time.perf_counter() - t0 if stage else 0.0
-        inner = InjectResiDual(hooked, FrozenHead(text), bases, [stage]).to(device)
-        wrapped = FromCache(inner, cache)
-        idx, y = (torch.arange(args.clips),), torch.from_numpy(labels)
-        evaluate(wrapped, (idx[0][: args.batch],), y[: args.batch], args.batch)  # warm-up
-        sync(device)
-        t0 = time.perf_counter()
-        evaluate(wrapped, idx, y, args.batch)
-        sync(device)
-        t_eval = time.perf_counter() - t0
-        cfg = TrainConfig(max_epochs=args.epochs, lr=0.01, patience=args.epochs, batch_size=args.batch, eval_batch=args.batch)
-        t0 = time.perf_counter()
-        train(wrapped, idx, labels, (torch.arange(0),), labels[:0], cfg)  # epoch 0 evaluates the training clips once
-        sync(device)
-        t_epoch = (time.perf_counter() - t0 - t_eval) / args.epochs
-        per_clip = t_epoch / args.clips
-        fold = 1440 * per_clip + 160 * t_eval / args.clips
-        print(f"{str([stage]):>13} {inner.lam.numel():>6} {t_cache / args.clips:>12.4f} {t_eval / args.clips:>11.4f} "
-              f"{t_epoch:>13.2f} {per_clip:>12.4f} {fold:>22.1f} s")
-        if device.type == "cuda":
-            print(f"{'':>13} peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"peak RSS {rss:.2f} GiB")
+        for granularity in args.granularity:
+            for n_fit in args.fit:
+                spec = dict(stage=stage, granularity=granularity, n_fit=n_fit, batch=args.batch, micro=args.micro,
+                            threads=args.threads)
+                out = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True,
+                                     text=True, check=True, cwd=ROOT)
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                print(f"{str([stage]):>13} {granularity:>11} {r['lam']:>5} {n_fit:>9} {r['seconds_per_fit_clip']:>10.3f} "
+                      f"{r['peak_rss_gib']:>7.2f} GiB", flush=True)
 
 
 if __name__ == "__main__":
