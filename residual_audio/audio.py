@@ -4,7 +4,7 @@ Matches what LAION-CLAP's `get_audio_embedding_from_filelist` feeds its model, m
 two sources of randomness (the `rand_trunc` crop position and the global RNG), and with
 an exact-length band-limited resampler: librosa returns 240,001 samples for a 5 s
 44.1 kHz clip, which makes LAION's repeat-pad append 5 s of silence instead of a second
-repeat.
+repeat. `load_laion_api` loads a file as LAION's API does, for `preprocess.front_end: laion_api`.
 """
 
 from __future__ import annotations
@@ -135,6 +135,19 @@ def fit_length(x: np.ndarray, length: int = CLIP_SAMPLES, crop: str | int = "sta
         x = np.tile(x, length // n)
         x = np.pad(x, (0, length - len(x)))
     return x
+
+
+def load_laion_api(path: str | Path) -> np.ndarray:
+    """The 48 kHz mono waveform exactly as LAION's `get_audio_embedding_from_filelist` loads it:
+    `librosa.load(path, sr=48000)` (librosa's decoding, channel mean and soxr_hq resampler, whose
+    length is not always round(n·48000/sr)). Call `decode` first: it validates the file."""
+    import librosa
+
+    try:
+        x, _ = librosa.load(str(path), sr=SAMPLE_RATE)
+    except Exception as exc:  # librosa and its decoders raise many types
+        raise AudioError(f"{path}: librosa cannot load the audio ({exc.__class__.__name__}: {exc})") from None
+    return np.asarray(x, dtype=np.float32)
 
 
 def prepare(path: str | Path, crop: str | int = "start", min_seconds: float = MIN_SECONDS) -> tuple[np.ndarray, dict]:

@@ -51,7 +51,7 @@ SPECIAL_TOKENS = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 50264}
 # roberta-base ids of a probe sentence: catches a vocabulary without its merges.
 PROBE = ("This is a sound of dog.", [0, 713, 16, 10, 2369, 9, 2335, 4, 2])
 CONTEXT_LENGTH = 77
-PROMPT = "This is a sound of {label}."
+PROMPT = "This is a sound of {label}"  # LAION-CLAP's ESC-50 zero-shot prompt (no period)
 
 # HTS-AT variants: audio width after the last stage tells them apart in a checkpoint.
 VARIANTS = {
@@ -233,12 +233,16 @@ def variant_of(state: dict, path: str | os.PathLike = "checkpoint") -> str:
 
 
 def load_model(checkpoint: str | os.PathLike, variant: str | None = None, seed: int = 0):
-    """Build the model and load weights: `checkpoint` is a file path or 'random'.
+    """Build the model and load weights: `checkpoint` is a file path, a ClapModel folder or 'random'.
 
     Loading is strict: every key of the model must come from the file and vice versa.
     """
     if str(checkpoint) == "random":
         return build_model(variant or "tiny", seed=seed)
+    from . import hf
+
+    if hf.is_folder(checkpoint):  # a transformers ClapModel folder
+        return hf.load(checkpoint, variant, seed=seed)
     state = read_checkpoint(checkpoint)
     found = variant_of(state, checkpoint)
     if variant is not None and variant != found:
@@ -387,6 +391,10 @@ class MelFrontEnd(torch.nn.Module):
         """Front end of `checkpoint` (a file path, or 'random' for the seeded random model's)."""
         if str(checkpoint) == "random":
             return cls(model_config(variant)["audio_cfg"])
+        from . import hf
+
+        if hf.is_folder(checkpoint):  # ClapModel stores no STFT/mel weights: torchlibrosa's own
+            return cls(hf.audio_cfg(checkpoint))
         state = read_checkpoint(checkpoint)
         front = cls(model_config(variant_of(state, checkpoint))["audio_cfg"])
         own = {k: state[cls.PREFIX + k] for k in front.state_dict() if cls.PREFIX + k in state}
@@ -472,7 +480,7 @@ class Architecture:
 
 
 def checkpoint_from(models_dir: str | os.PathLike = "data/models") -> str | Path:
-    """The checkpoint the download stage provided: its file, or 'random' when none was asked for."""
+    """The checkpoint the download stage provided: its file or ClapModel folder, or 'random'."""
     models_dir = Path(models_dir)
     manifest = models_dir / "manifest.json"
     if not manifest.is_file():
@@ -480,6 +488,8 @@ def checkpoint_from(models_dir: str | os.PathLike = "data/models") -> str | Path
     info = json.loads(manifest.read_text())
     if info.get("weights") == "random":
         return "random"
+    if (models_dir / "checkpoint" / "config.json").is_file():  # a transformers ClapModel folder
+        return models_dir / "checkpoint"
     path = models_dir / "checkpoint.pt"
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found (manifest says pretrained weights)")

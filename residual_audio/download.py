@@ -30,6 +30,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .clap import CheckpointError, read_checkpoint
+from . import hf
 from .datasets import DATASETS, DatasetError, check_options, list_clips
 from .io import RUNS_DIR, atomic_path, remove_stale, sha256_file, transaction
 from .params import ParamError, check, get
@@ -508,7 +509,9 @@ def fetch_model(
 ) -> dict:
     """Fetch the CLAP checkpoint and the roberta-base tokenizer files into `out`; return the manifest.
 
-    `checkpoint` is 'random' (no file: seeded random weights), a URL or a local file;
+    `checkpoint` is 'random' (no file: seeded random weights), a URL or a local file, or a
+    transformers ClapModel (`hf:<owner>/<name>` or a local folder with config.json), fetched
+    into `checkpoint/` with its own tokenizer files when it has them;
     `tokenizer` is a URL base or local directory holding vocab.json and merges.txt, or
     None/'none'. A part whose request is unchanged is linked from the earlier output
     instead of being fetched again.
@@ -541,7 +544,14 @@ def fetch_model(
         tmp.mkdir()
         manifest: dict = {"weights": "random" if random else "pretrained", "checkpoint": None, "tokenizer": None,
                           "checkpoint_sha256": "random" if random else None}
-        if ckpt_request is not None:
+        if ckpt_request is not None and hf.is_source(checkpoint):  # a transformers ClapModel folder
+            names = list(((old or {}).get("checkpoint") or {}).get("files", {}))
+            if not (names and _reuse(old, out, "checkpoint", ckpt_request, names, tmp)):
+                names = [f"{hf.FOLDER}/{n}" for n in hf.fetch(checkpoint, tmp / hf.FOLDER, checkpoint_sha256)]
+            files = _describe(tmp, names)
+            manifest["checkpoint"] = {"request": ckpt_request, "files": files}
+            manifest["checkpoint_sha256"] = {name: f["sha256"] for name, f in files.items()}
+        elif ckpt_request is not None:
             if not _reuse(old, out, "checkpoint", ckpt_request, ["checkpoint.pt"], tmp):
                 fetch_file(checkpoint, tmp / "checkpoint.pt", checkpoint_sha256, "model.checkpoint")
             try:  # refuse a file that would run code (or is no checkpoint) before it is placed
@@ -590,7 +600,7 @@ def _against(workdir: Path, source):
     """A relative local path in params means relative to the project folder (where dvc runs the stage)."""
     if isinstance(source, list):
         return [_against(workdir, s) for s in source]
-    if _none(source) or is_url(str(source)) or str(source).strip().lower() == "random":
+    if _none(source) or is_url(str(source)) or str(source).strip().lower() == "random" or str(source).startswith(hf.HUB_PREFIX):
         return source
     path = Path(str(source)).expanduser()
     return str(path if path.is_absolute() else workdir / path)

@@ -18,6 +18,7 @@ import torch
 import zarr
 from tqdm import tqdm
 
+from . import hf
 from .clap import load_model, mel_fingerprint
 from .decompose import DirectDecomposition, head_rows, pooled_head_outputs, unit_names
 from .hooked import HookedHTSAT
@@ -271,14 +272,16 @@ def extract(model, mel_path, out_path, *, batch_size: int = 16, device: str = "a
 
 
 def resolve_checkpoint(value, models_dir: str | os.PathLike = "data/models") -> str:
-    """'random', the download stage's `checkpoint.pt`, or an existing local file."""
+    """'random', the download stage's `checkpoint.pt` or ClapModel folder, or an existing local file."""
     value = str(value)
     if value.strip().lower() == "random":
         return "random"
     downloaded = Path(models_dir) / "checkpoint.pt"
     if downloaded.is_file():
         return str(downloaded)
-    if Path(value).is_file():
+    if hf.is_folder(Path(models_dir) / hf.FOLDER):
+        return str(Path(models_dir) / hf.FOLDER)
+    if Path(value).is_file() or hf.is_folder(value):
         return value
     raise ParamError(f"params: 'model.checkpoint' {value!r}: no {downloaded} and no such local file (run the download stage)")
 
@@ -299,7 +302,7 @@ def run(params: dict, dataset: str, workdir: str | os.PathLike = ".") -> Path:
     if checkpoint == "random":
         model, sha = load_model("random", variant=variant), "random"
     else:
-        model, sha = load_model(checkpoint, variant=variant), sha256_file(checkpoint)
+        model, sha = load_model(checkpoint, variant=variant), sha256_file(hf.identity_file(checkpoint))
     used = {"extract": {"batch_size": batch_size, "device": device, "regimes": regimes},
             "model": {"checkpoint": str(get(params, "model.checkpoint")), "variant": variant}}
     return extract(model, mel_path, workdir / f"data/heads/{dataset}.zarr",

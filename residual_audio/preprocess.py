@@ -24,6 +24,7 @@ from . import audio
 from .clap import MelFrontEnd
 from .io import atomic_path
 
+FRONT_ENDS = ("exact", "laion_api")  # preprocess.front_end
 CLIP_COLUMNS = ["clip_id", "path", "label", "label_name", "fold", "duration", "orig_sr"]
 WARNING_RANDOM = "RANDOM WEIGHTS: not a pretrained model; numbers are for testing the pipeline only"
 
@@ -68,6 +69,7 @@ def preprocess(
     dataset: str,
     weights: str,
     crop: str | int = "start",
+    front_end: str = "exact",
     batch_size: int = 16,
     shard_clips: int = 64,
     attrs: dict | None = None,
@@ -78,7 +80,10 @@ def preprocess(
     """Decode, resample, pad/crop and log-mel every clip into `store_path`; return stage timings (s).
 
     `origin(path)` names a clip's original file (the user's source) in audio errors.
-    """
+    `front_end`: 'exact' (soundfile, exact-length polyphase resampling) or 'laion_api' (the
+    file loaded and resampled as LAION's `get_audio_embedding_from_filelist` does)."""
+    if front_end not in FRONT_ENDS:
+        raise ValueError(f"front_end must be one of {FRONT_ENDS}, not {front_end!r}")
     if not clips:
         raise ValueError(f"{dataset}: no clips to preprocess")
     store_path, table_path = Path(store_path), Path(table_path)
@@ -105,7 +110,8 @@ def preprocess(
                         audio.check_duration(clip.path, len(x), sr, min_seconds)
                         infos.append({"orig_sr": sr, "duration": len(x) / sr})
                         t1 = time.perf_counter()
-                        x = audio.check_audible(clip.path, audio.quantize_int16(audio.resample(x, sr)))
+                        x = audio.load_laion_api(clip.path) if front_end == "laion_api" else audio.resample(x, sr)
+                        x = audio.check_audible(clip.path, audio.quantize_int16(x))
                     except audio.AudioError as exc:
                         if origin is None:
                             raise
@@ -134,6 +140,7 @@ def preprocess(
             "audio": {k: front.audio_cfg[k] for k in ("sample_rate", "window_size", "hop_size", "mel_bins", "fmin", "fmax", "clip_samples")},
             "crop": crop,
             "fill": "repeatpad",
+            "front_end": front_end,
         }
         if weights == "random":
             meta["warning"] = WARNING_RANDOM
@@ -161,6 +168,8 @@ def run(params: dict, name: str, workdir: str | Path = ".") -> Path:
     crop = get(params, "preprocess.crop", "start")
     check(crop in ("start", "center") or (isinstance(crop, int) and not isinstance(crop, bool) and crop >= 0),
           "preprocess.crop", f"must be 'start', 'center' or a sample offset >= 0, not {crop!r}")
+    front_end = get(params, "preprocess.front_end", "exact")
+    check(front_end in FRONT_ENDS, "preprocess.front_end", f"must be one of {', '.join(FRONT_ENDS)}, not {front_end!r}")
     batch_size = get(params, "preprocess.batch_size", 16)
     check(isinstance(batch_size, int) and batch_size > 0, "preprocess.batch_size", "must be a positive integer")
     min_seconds = get(params, "preprocess.min_seconds", audio.MIN_SECONDS)
@@ -174,15 +183,17 @@ def run(params: dict, name: str, workdir: str | Path = ".") -> Path:
     front = MelFrontEnd.from_checkpoint(checkpoint, variant)
     weights = "random" if checkpoint == "random" else "pretrained"
     out = workdir / "data" / "mel"
-    used = {"dataset": name, "limit": limit, "seed": seed, "crop": crop, "min_seconds": min_seconds}
+    used = {"dataset": name, "limit": limit, "seed": seed, "crop": crop, "min_seconds": min_seconds,
+            "front_end": front_end}
     if weights == "random":
         print(f"preprocess: {WARNING_RANDOM}", file=sys.stderr)
     from .download import original_source
 
     raw = workdir / "data" / "raw" / name
     timings = preprocess(clips, classes, front, out / f"{name}.zarr", out / f"{name}.csv", dataset=name,
-                         weights=weights, crop=crop, batch_size=batch_size, attrs={"params": used},
-                         min_seconds=min_seconds, origin=lambda path: original_source(raw, path))
+                         weights=weights, crop=crop, front_end=front_end, batch_size=batch_size,
+                         attrs={"params": used}, min_seconds=min_seconds,
+                         origin=lambda path: original_source(raw, path))
     total = sum(timings.values())
     print(f"preprocess: {len(clips)} clips of {name}, {len(classes)} classes; "
           + ", ".join(f"{k} {v / total:.0%}" for k, v in timings.items()), file=sys.stderr)

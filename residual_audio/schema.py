@@ -64,6 +64,7 @@ SCHEMA: dict[str, dict] = {
     "preprocess.crop": Any_(Choice("start", "center"), Int(min=0)),
     "preprocess.batch_size": Int(min=1),
     "preprocess.min_seconds": Num(min=0),
+    "preprocess.front_end": Choice("exact", "laion_api"),
     "extract.batch_size": Int(min=1),
     "extract.device": Choice(*DEVICES),
     "extract.regimes": List(Choice("pre", "post", "direct"), min_len=1, unique=True),

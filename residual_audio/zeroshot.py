@@ -17,7 +17,7 @@ from torch import nn
 
 from .io import atomic_path
 
-DEFAULT_TEMPLATES = ("This is a sound of {label}.",)
+DEFAULT_TEMPLATES = ("This is a sound of {label}",)  # LAION-CLAP's own ESC-50 zero-shot prompt
 
 
 class TextCacheError(ValueError):
