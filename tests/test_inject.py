@@ -177,63 +177,58 @@ def test_bases_must_cover_whole_blocks(hooked, data):
 # --------------------------------------------------------------------------- the stages
 
 
-def _params(**train):
+def _params(**recipe):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params.update(dataset="toy", inject_layers=[3])
+    params.update(datasets=["folder"], inject_layers=[3], methods=["zeroshot", "residual_inject"], live=False)
     params["model"].update(checkpoint="random", variant="tiny")
     params["cv"].update(scheme="stratified", k=2, val_fraction=0.34)
-    params["residual"].update(mode="inject")
-    params["train"].update({"max_epochs": 2, "lr": 0.05, "batch_size": 4, "device": "cpu", **train})
+    params["residual"]["inject"].update(recipe="identity", micro_batch=4)
+    params["residual"]["recipes"]["identity"].update({"max_epochs": 2, "lr": 0.05, "batch_size": 4, **recipe})
+    params["train"].update(device="cpu")
     return params
 
 
+@pytest.mark.slow
 def test_stages_end_to_end_in_inject_mode(model, tmp_path, monkeypatch):
     import residual_audio.clap as clap
-    from residual_audio.experiment import baselines_stage, bases_stage, train_stage
+    from residual_audio.experiment import train_stage
     from residual_audio.report import evaluate_stage
 
-    write_project_data(tmp_path, model)
+    write_project_data(tmp_path, model, dataset="folder")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(clap, "load_model", lambda checkpoint, variant=None: model)  # the same seeded weights, built once
     params = _params()
-    bases_stage(params)
-    train_stage(params)
-    baselines_stage(params)
-    evaluate_stage(params)
-    res = al.load_results("data/results/residual/toy.npz")
-    assert res["meta"]["mode"] == "inject" and res["meta"]["inject_layers"] == [3]
-    assert all(n.startswith("layers.3.") for n in res["meta"]["unit_names"]) and len(res["meta"]["unit_names"]) == 64
-    assert np.isfinite(res["residual/logits"]).all()
-    metrics = json.loads((tmp_path / "metrics/residual.json").read_text())
+    train_stage(params, "folder")
+    evaluate_stage(params, "folder")
+    res = al.load_results("data/results/folder/residual_inject.npz")
+    first = res["folds"][0]
+    names = [str(n) for n in res[f"{first}/unit_names"]]
+    assert all(n.startswith("layers.3.") for n in names) and len(names) == 64
+    assert np.isfinite(res["logits"]).all()
+    metrics = json.loads((tmp_path / "plots/alignment/folder/methods/residual_inject.json").read_text())
     assert metrics["weights"] == "random" and len(metrics["accuracy"]["folds"]) == 2
-    assert metrics["params"] == max(len(res[f"residual/{f}/lam"]) for f in res["folds"]) > 0
-    assert (tmp_path / "plots/alignment/lambda_toy.png").is_file()
+    assert metrics["params"] == max(len(res[f"{f}/lam"]) for f in res["folds"]) > 0
+    assert json.loads((tmp_path / "metrics/folder/alignment.json").read_text())["residual_inject"]["params"] == metrics["params"]
 
-    # no training: the zero-shot baseline (from the stored embedding) up to batch-size rounding
-    train_stage(_params(max_epochs=0))
-    zero = al.load_results("data/results/residual/toy.npz")["residual/logits"]
-    zs = al.load_results("data/results/baselines/toy.npz")["zeroshot/logits"]
+    # no training: the zero-shot method (from the stored embedding) up to float rounding through the forward
+    train_stage(_params(max_epochs=0), "folder")
+    zero = al.load_results("data/results/folder/residual_inject.npz")["logits"]
+    zs = al.load_results("data/results/folder/zeroshot.npz")["logits"]
     np.testing.assert_allclose(zero, zs, atol=1e-4, rtol=1e-4)
 
-    # bases fitted for direct mode are refused; a missing mel store is named; outputs stay as they were
-    before = (tmp_path / "data/results/residual/toy.npz").read_bytes()
-    direct = _params()
-    direct["residual"]["mode"] = "direct"
-    bases_stage(direct)
-    with pytest.raises(ParamError, match="rerun 'bases'"):
-        train_stage(params)
-    bases_stage(params)
-    (tmp_path / "data/mel/toy.zarr").rename(tmp_path / "data/mel/away.zarr")
-    with pytest.raises(MelStoreError, match="data/mel/toy.zarr"):
-        train_stage(params)
-    assert (tmp_path / "data/results/residual/toy.npz").read_bytes() == before
+    # a missing mel store is named; the results stay as they were
+    before = (tmp_path / "data/results/folder/residual_inject.npz").read_bytes()
+    (tmp_path / "data/mel/folder.zarr").rename(tmp_path / "data/mel/away.zarr")
+    with pytest.raises(MelStoreError, match="data/mel/folder.zarr"):
+        train_stage(params, "folder")
+    assert (tmp_path / "data/results/folder/residual_inject.npz").read_bytes() == before
 
 
 def test_inject_params_are_checked(tmp_path, monkeypatch):
     from residual_audio.experiment import train_stage
 
     monkeypatch.chdir(tmp_path)
-    for key, value, message in [("residual.units", "heads+mlp", "residual.units"), ("train.device", "tpu", "train.device"),
+    for key, value, message in [("residual.granularity", "block", "residual.granularity"), ("train.device", "tpu", "train.device"),
                                 ("inject_layers", [4], "inject_layers"), ("inject_layers", [], "inject_layers"),
                                 ("inject_layers", [1, 1], "inject_layers")]:
         params = _params()
@@ -243,7 +238,7 @@ def test_inject_params_are_checked(tmp_path, monkeypatch):
         else:
             params[key] = value
         with pytest.raises(ParamError, match=message.replace(".", r"\.")):
-            train_stage(params)
+            train_stage(params, "folder")
     assert not (tmp_path / "data").exists()
 
 
