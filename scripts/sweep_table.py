@@ -2,9 +2,9 @@
 
 After a sweep such as ``dvc exp run --queue -S 'inject_layers=[0],[1],[2],[3],[0,1,2,3]'`` and
 ``dvc queue start``, this reads ``dvc exp show --json`` (every experiment of the workspace's
-commit) and writes ``plots/alignment/sweep_inject_layers.csv`` (one row per experiment and
+commit) and writes ``plots/sweep_inject_layers.csv`` (one row per experiment and
 method: inject_layers, top-1 mean and std over folds, trainable parameters) and a bar chart
-``plots/alignment/sweep_inject_layers.png``.
+``plots/sweep_inject_layers.png``.
 
 Run: python scripts/sweep_table.py [--json exp_show.json] [--methods residual_fine residual_identity]
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-OUT = Path("plots/alignment")
+OUT = Path("plots")  # not plots/alignment/: the compare stage reads that folder
 
 
 def runs(tree) -> list[dict]:
@@ -49,14 +49,17 @@ def table(tree, methods=None) -> pd.DataFrame:
         params = (run["params"].get("params.yaml") or {}).get("data") or {}
         layers = params.get("inject_layers")
         for path, block in run["metrics"].items():
-            method = Path(path).stem
-            data = (block or {}).get("data") or {}
-            if "accuracy" not in data or (methods and method not in methods):
+            if Path(path).name != "alignment.json":  # metrics/<dataset>/alignment.json
                 continue
-            rows.append(dict(experiment=run["name"], inject_layers=json.dumps(layers), method=method,
-                             accuracy=data["accuracy"]["mean"], std=data["accuracy"]["std"], params=data.get("params"),
-                             weights=data.get("weights")))
-    return pd.DataFrame(rows).drop_duplicates(["experiment", "method"])
+            dataset = Path(path).parent.name
+            data = (block or {}).get("data") or {}
+            for method, numbers in data.items():
+                if not isinstance(numbers, dict) or (methods and method not in methods):
+                    continue
+                rows.append(dict(experiment=run["name"], dataset=dataset, inject_layers=json.dumps(layers), method=method,
+                                 accuracy=numbers["accuracy"], std=numbers["std"], params=numbers.get("params"),
+                                 weights=data.get("weights")))
+    return pd.DataFrame(rows).drop_duplicates(["experiment", "dataset", "method"])
 
 
 def plot(frame: pd.DataFrame, path: Path) -> None:

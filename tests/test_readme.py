@@ -143,3 +143,21 @@ def test_offline_example_runs_end_to_end(tmp_path):
                            " && dvc pull -q && dvc status"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "up to date" in done.stdout, done.stdout
+
+
+def test_sweep_table_reads_the_per_dataset_metrics_of_dvc_exp_show():
+    """scripts/sweep_table.py: one row per experiment, dataset and method from `dvc exp show --json`."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import sweep_table
+
+    def run(name, layers, acc):
+        return {"name": name, "rev": name, "data": {
+            "rev": name, "params": {"params.yaml": {"data": {"inject_layers": layers}}},
+            "metrics": {"metrics/esc50/alignment.json": {"data": {"weights": "random", "residual_fine": {
+                "accuracy": acc, "std": 0.01, "params": 10}, "zeroshot": {"accuracy": 0.5, "std": 0.0, "params": 0}}},
+                "metrics/geometry.json": {"data": {"weights": "random"}}}}}
+
+    tree = [{"rev": "workspace", "experiments": [run("a", [0], 0.6), run("b", [0, 1, 2, 3], 0.7)]}]
+    frame = sweep_table.table(tree, ["residual_fine"])
+    assert list(frame.experiment) == ["a", "b"] and list(frame.accuracy) == [0.6, 0.7]
+    assert set(frame.dataset) == {"esc50"} and list(frame.inject_layers) == ["[0]", "[0, 1, 2, 3]"]
