@@ -219,6 +219,7 @@ def build(config, seed: int = 0):
     variant = variant_of(config)
     model = build_model(variant, seed=seed)
     a, t = config.audio_config, config.text_config
+    model.audio_branch.config.mel_bins = a.num_mel_bins  # the same object as model.audio_cfg (the mel front end)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         branch = HTSAT_Swin_Transformer(

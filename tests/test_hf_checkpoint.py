@@ -99,7 +99,9 @@ def test_pipeline_embeddings_equal_transformers(hf_folder, loaded, clap_model, t
     mel = torch.from_numpy(zarr.open_group(mel_path, mode="r")["mel"][:])
     store = zarr.open_group(heads_path, mode="r")
     with torch.no_grad():
-        theirs = clap_model.get_audio_features(input_features=mel[:, None]).pooler_output  # [B, 1, 1001, 64]
+        # as ClapFeatureExtractor gives them for an unfused model: [B, 1, frames, mels], is_longer [B, 1]
+        is_longer = torch.zeros(len(mel), 1, dtype=torch.bool)
+        theirs = clap_model.get_audio_features(input_features=mel[:, None], is_longer=is_longer).pooler_output
     assert theirs.shape == (2, 512)
     assert _rel(store["audio_embed"][:], theirs) <= 1e-5
     assert store.attrs["mel_sha256"] == clap.mel_fingerprint(loaded)
