@@ -131,6 +131,7 @@ class PromptLearning(Estimator):
             warm = epoch <= WARMUP_EPOCHS
             for group in opt.param_groups:  # CoOp's constant warm-up, then the cosine schedule
                 group["lr"] = WARMUP_LR if warm else group["lr"]
+            lr = opt.param_groups[0]["lr"]
             total = 0.0
             for b in torch.randperm(len(y), generator=gen).split(BATCH):
                 loss = F.cross_entropy(scale * audio[b] @ prompts().T, y[b])
@@ -143,7 +144,7 @@ class PromptLearning(Estimator):
                     group["lr"] = LR
             else:
                 cosine.step()
-            history.append(dict(epoch=epoch, train_loss=total / max(1, len(y)), lr=opt.param_groups[0]["lr"]))
+            history.append(dict(epoch=epoch, train_loss=total / max(1, len(y)), lr=lr))
         with torch.no_grad():
             self.class_embeddings_ = prompts().detach().clone()
         self.ctx_ = prompts.ctx.detach().clone()

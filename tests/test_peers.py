@@ -157,8 +157,9 @@ def test_prompt_learning_trains_only_the_context(model, tokenizer, prompt_world)
     store, text, split = prompt_world
     before = {k: v.clone() for k, v in model.text_branch.state_dict().items()}
     data = FoldData(store, text, split, context={"model": model, "tokenizer": tokenizer})
-    est = build("prompt_learning", {"prompt_learning": {"epochs": 2}}).fit(data)
-    assert len(est.history_) == 2 and est.history_[0]["lr"] == pytest.approx(0.002)  # after the warm-up epoch
+    est = build("prompt_learning", {"prompt_learning": {"epochs": 3}}).fit(data)
+    # CoOp's constant warm-up epoch, then cosine annealing over all epochs: 0.002 · (1 + cos(π/3)) / 2
+    assert [r["lr"] for r in est.history_] == pytest.approx([1e-5, 0.002, 0.0015])
     assert not torch.equal(est.ctx_, model.text_branch.embeddings.word_embeddings.weight[[713, 16, 10, 2369, 9]])
     assert all(torch.equal(v, model.text_branch.state_dict()[k]) for k, v in before.items())
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 0
