@@ -20,35 +20,37 @@ class Stage:
     name: str
     target: str  # "module:function" in this package; called as f(params) or f(params, dataset)
     per_dataset: bool
-    params: tuple  # the params.yaml keys it reads (as listed in dvc.yaml; ${item} = the dataset)
+    params: tuple  # the params.yaml keys its results depend on (dvc.yaml's list; ${item} = the dataset).
+    # Per-dataset stages also check their argument against `datasets` but do not depend on the
+    # list: adding a dataset re-runs none of the others' stages.
     summary: str
 
 
 STAGES = {s.name: s for s in (
     Stage("model", "download:run_model", False, ("model",),
           "fetch the checkpoint and the tokenizer files into data/models/ (nothing for model.checkpoint: random)"),
-    Stage("download", "download:run_dataset", True, ("datasets", "data.${item}", "download"),
+    Stage("download", "download:run_dataset", True, ("data.${item}", "download"),
           "fetch a dataset's clips into data/raw/<dataset>/"),
     Stage("preprocess", "preprocess:run", True,
-          ("datasets", "seed", "data.${item}.limit", "model.variant", "preprocess"),
+          ("seed", "data.${item}.limit", "model.variant", "preprocess"),
           "decode, resample to 48 kHz, log-mel -> data/mel/<dataset>.zarr and .csv"),
-    Stage("extract", "extract:run", True, ("datasets", "model.checkpoint", "model.variant", "extract"),
+    Stage("extract", "extract:run", True, ("model.checkpoint", "model.variant", "extract"),
           "one hooked forward per batch -> data/heads/<dataset>.zarr (per-head tensors, direct decomposition)"),
     Stage("text", "experiment:text_stage", True,
-          ("datasets", "model.checkpoint", "model.variant", "model.tokenizer", "zeroshot"),
+          ("model.checkpoint", "model.variant", "model.tokenizer", "zeroshot"),
           "zero-shot class vectors, temperature and frozen projection -> data/text/<dataset>.npz"),
     Stage("train", "experiment:train_stage", True,
-          ("datasets", "seed", "methods", "inject_layers", "cv", "residual", "train", "baselines", "probe",
+          ("seed", "methods", "inject_layers", "cv", "residual", "train", "baselines", "probe",
            "model.variant", "live"),
           "every method of `methods` fitted per fold -> data/results/<dataset>/<method>.npz"),
-    Stage("evaluate", "report:evaluate_stage", True, ("datasets", "methods"),
+    Stage("evaluate", "report:evaluate_stage", True, ("methods",),
           "metrics, per-fold tables, confusion and λ plots of one dataset -> metrics/<dataset>/, plots/alignment/<dataset>/"),
     Stage("compare", "report:compare_stage", False, ("datasets",),
           "method × dataset table from every dataset's results -> metrics/comparison.md, metrics/summary.json"),
-    Stage("ablation", "experiment:ablation_stage", True, ("datasets", "seed", "cv", "ablation", "model.variant"),
+    Stage("ablation", "experiment:ablation_stage", True, ("seed", "cv", "ablation", "model.variant"),
           "mean (and optionally total-effect) ablation of every head -> plots/ablation/<dataset>.csv"),
     Stage("fewshot", "fewshot:fewshot_stage", True,
-          ("datasets", "seed", "cv.scheme", "cv.k", "fewshot", "tip_adapter", "prompt_learning", "model.variant",
+          ("seed", "cv.scheme", "cv.k", "fewshot", "tip_adapter", "prompt_learning", "model.variant",
            "train", "baselines", "probe", "residual"),
           "few-shot curves of `fewshot.methods` -> metrics/<dataset>/fewshot.json, plots/fewshot/<dataset>/"),
     Stage("geometry", "geometry:stage", False, ("datasets", "geometry"),

@@ -3,13 +3,17 @@
 # driven the way users drive experiments (`dvc exp run -S ...`): random weights, a handful
 # of generated tones (4 classes), quick settings from scripts/smoke_params.txt, every stage
 # that dvc.yaml declares (up to geometry without the roberta-base files of ../shared), then
-# `dvc metrics show`.
+# `dvc metrics show`. SMOKE_KEEP=1 keeps the temporary copy (its path is printed).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${VENV:-$repo/.venv}"
 export PATH="$venv/bin:$PATH"
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+if [ -n "${SMOKE_KEEP:-}" ]; then
+  echo "smoke repro: working copy kept at $work"   # look at its metrics and plots afterwards
+else
+  trap 'rm -rf "$work"' EXIT
+fi
 
 git -C "$repo" ls-files -z | (cd "$repo" && xargs -0 cp --parents -t "$work")
 cd "$work"
