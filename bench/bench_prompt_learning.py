@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--tokenizer", default=str(SHARED / "roberta-base"))
     ap.add_argument("--classes", default=str(SHARED / "esc50-fold4" / "meta" / "esc50.csv"))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     classes = esc50_classes(Path(args.classes))

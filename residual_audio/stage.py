@@ -43,8 +43,6 @@ def _parser(stage) -> argparse.ArgumentParser:
 def run_stage(name: str, argv: list[str] | None = None) -> None:
     """Run stage `name` with command-line arguments `argv` (`[<dataset>] [--help]`)."""
     from .cli import STAGES, resolve, stage_help
-    from .logs import quiet_libraries
-    from .schema import validate
 
     stage = STAGES[name]
     args = _parser(stage).parse_args(sys.argv[1:] if argv is None else argv)
@@ -55,26 +53,38 @@ def run_stage(name: str, argv: list[str] | None = None) -> None:
             params = None
         print(stage_help(stage, params))
         return
+    if not stage.per_dataset:
+        execute(name, resolve(stage), args.params)
+        return
+
+    def per_dataset(params: dict):
+        from .params import ParamError, check_dataset
+
+        if not args.dataset:
+            raise ParamError(f"{name} runs per dataset: give one of `datasets` (python stages/{name}.py <dataset>)")
+        return resolve(stage)(params, check_dataset(params, args.dataset))
+
+    execute(f"{name}@{args.dataset}" if args.dataset else name, per_dataset, args.params)
+
+
+def execute(label: str, run, params_path: str | Path = "params.yaml") -> None:
+    """Run `run(params)` as stage `label`: the whole params file checked against the schema first,
+    the outputs replaced all together at the end or none (one transaction, see `io.transaction`;
+    leftovers of killed earlier runs cleaned first), expected errors and a full disk turned into
+    one line naming the file or key."""
+    from .logs import quiet_libraries
+    from .schema import validate
+
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     quiet_libraries()
     if not sys.stderr.isatty():  # no progress-bar animation in log files
         os.environ.setdefault("TQDM_DISABLE", "1")
-    label = f"{name}@{args.dataset}" if stage.per_dataset and args.dataset else name
     warnings.formatwarning = lambda message, category, *rest: f"{label}: warning: {message}\n"
     try:
-        params = load_params(args.params)
-        validate(params, source=str(args.params))
-        if stage.per_dataset:
-            from .params import ParamError, check_dataset
-
-            if not args.dataset:
-                raise ParamError(f"{name} runs per dataset: give one of `datasets` (python stages/{name}.py <dataset>)")
-            dataset = check_dataset(params, args.dataset)
-            with transaction(label):
-                result = resolve(stage)(params, dataset)
-        else:
-            with transaction(label):
-                result = resolve(stage)(params)
+        params = load_params(params_path)
+        validate(params, source=str(params_path))
+        with transaction(label):
+            result = run(params)
     except expected_errors() as exc:
         sys.exit(f"{label}: {exc}")
     except OSError as exc:
@@ -85,6 +95,10 @@ def run_stage(name: str, argv: list[str] | None = None) -> None:
         print(f"{label}: wrote {result}")
 
 
-def main(name: str) -> None:
-    """Entry of `stages/<name>.py`."""
-    run_stage(name)
+def main(name: str, run=None, params_path: str = "params.yaml") -> None:
+    """Entry of `stages/<name>.py` (a stage of `cli.STAGES`), or of any function `run(params)`
+    run the same way under the name `name`."""
+    if run is None:
+        run_stage(name)
+    else:
+        execute(name, run, params_path)

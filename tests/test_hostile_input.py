@@ -135,10 +135,10 @@ def test_payload_over_http_is_refused_before_anything_is_written(official, tmp_p
     work = tmp_path / "work"
     src = tmp_path / "esc"
     fake_esc50(src)
-    params = {"dataset": "esc50", "data": {"esc50": {"source": str(src)}},
+    params = {"datasets": ["esc50"], "data": {"esc50": {"source": str(src)}},
               "model": {"checkpoint": base + "630k-best.pt", "tokenizer": None}}
     with pytest.raises(CheckpointError, match=rf"^{base}630k-best.pt: refused to load: the file needs 'exec'"):
-        download(params, work)
+        download(params, "esc50", work)
     assert not marker.exists()
     assert not (work / "data" / "raw" / "esc50").exists() and not (work / "data" / "models").exists()
 
@@ -154,16 +154,16 @@ def test_checkpoint_sha256_is_recorded_and_published_hashes_are_checked(official
     fake_esc50(src)
     monkeypatch.setitem(dl.OFFICIAL_CHECKPOINTS, "630k-best.pt", base + "630k-best.pt")
     monkeypatch.setitem(dl.OFFICIAL_SHA256, "630k-best.pt", "0" * 64)
-    params = {"dataset": "esc50", "data": {"esc50": {"source": str(src)}},
+    params = {"datasets": ["esc50"], "data": {"esc50": {"source": str(src)}},
               "model": {"checkpoint": "630k-best.pt", "tokenizer": None}}
     with pytest.raises(DownloadError, match="sha256 mismatch"):
-        download(params, tmp_path / "work")
+        download(params, "esc50", tmp_path / "work")
     params["model"]["checkpoint_sha256"] = "1" * 64
     with pytest.raises(ParamError, match="published with sha256 0000"):
-        download(params, tmp_path / "work")
+        download(params, "esc50", tmp_path / "work")
     monkeypatch.setitem(dl.OFFICIAL_SHA256, "630k-best.pt", sha256(official))
     params["model"]["checkpoint_sha256"] = None
-    result = download(params, tmp_path / "work")
+    result = download(params, "esc50", tmp_path / "work")
     assert result["model"]["checkpoint_sha256"] == sha256(official)
 
 
@@ -263,7 +263,7 @@ def test_duplicate_archive_members_are_refused(tmp_path):
 
 
 def esc_params(source, **download_limits) -> dict:
-    return {"dataset": "esc50", "data": {"esc50": {"source": str(source)}}, "download": download_limits,
+    return {"datasets": ["esc50"], "data": {"esc50": {"source": str(source)}}, "download": download_limits,
             "model": {"checkpoint": "random", "tokenizer": None}}
 
 
@@ -273,7 +273,7 @@ def test_zip_bomb_is_refused_by_the_size_limit(tmp_path):
         z.writestr("ESC-50-master/audio/zeros.wav", b"\0" * (4 << 20))
     assert archive.stat().st_size < 64 << 10  # a small file that unpacks to 4 MiB
     with pytest.raises(DownloadError, match=r"bomb.zip: archive unpacks to 4.0 MiB, over the limit download.max_unpacked_mb = 1"):
-        download(esc_params(archive, max_unpacked_mb=1), tmp_path / "work")
+        download(esc_params(archive, max_unpacked_mb=1), "esc50", tmp_path / "work")
     assert not (tmp_path / "work" / "data" / "raw" / "esc50").exists() and hidden(tmp_path / "work" / "data" / "raw") == []
 
 
@@ -284,7 +284,7 @@ def test_many_member_tar_is_refused_by_the_count_limit(tmp_path):
             info = tarfile.TarInfo(f"x/{i}.txt")
             t.addfile(info, io.BytesIO(b""))
     with pytest.raises(DownloadError, match=r"over the limit download.max_members = 20"):
-        download(esc_params(archive, max_members=20), tmp_path / "work")
+        download(esc_params(archive, max_members=20), "esc50", tmp_path / "work")
     assert not (tmp_path / "work" / "data" / "raw" / "esc50").exists()
 
 
@@ -295,7 +295,7 @@ def test_archive_within_limits_is_unpacked(tmp_path):
     with zipfile.ZipFile(archive, "w") as z:
         for p in sorted(tree.rglob("*")):
             z.write(p, p.relative_to(tree).as_posix())
-    result = download(esc_params(archive, max_members=100, max_unpacked_mb=1), tmp_path / "work")
+    result = download(esc_params(archive, max_members=100, max_unpacked_mb=1), "esc50", tmp_path / "work")
     assert result["data"]["clips"] == 12
 
 
@@ -308,13 +308,15 @@ def repo_params() -> dict:
 
 @pytest.mark.parametrize("edit, message", [
     (lambda p: p["train"].update(max_epoch=3), "unknown parameter 'train.max_epoch'; did you mean 'train.max_epochs'?"),
-    (lambda p: p["residual"].update(varience=0.9), "unknown parameter 'residual.varience'; did you mean 'residual.variance'?"),
+    (lambda p: p["residual"]["recipes"]["fine"].update(varience=0.9),
+     "unknown parameter 'residual.recipes.fine.varience'; did you mean 'residual.recipes.fine.variance'?"),
     (lambda p: p.update(resdual={"mode": "direct"}), "unknown parameter 'resdual'; did you mean 'residual'?"),
     (lambda p: p["data"]["esc50"].update(limt=3), "did you mean 'data.esc50.limit'?"),
-    (lambda p: p["train"].update(lr=True), "'train.lr' must be a number > 0, not the boolean true"),
+    (lambda p: p["train"].update(patience=True), "'train.patience' must be an integer >= 1, not the boolean true"),
+    (lambda p: p["residual"]["recipes"]["fine"].update(lr=True), "'residual.recipes.fine.lr' must be"),
     (lambda p: p["cv"].update(k=False), "'cv.k' must be an integer >= 2, not the boolean false"),
     (lambda p: p["extract"].update(regimes=[]), "'extract.regimes' is []"),
-    (lambda p: p["residual"].update(mode="injct"), "did you mean 'inject'?"),
+    (lambda p: p["residual"].update(granularity="stag"), "did you mean 'stage'?"),
     (lambda p: p.update(datasets=["esc50", "esc50"]), "'datasets' lists an entry twice"),
 ])
 def test_typos_and_wrong_types_are_refused(edit, message):
@@ -360,20 +362,21 @@ def test_every_stage_script_checks_the_whole_params_file(tmp_path):
     params = repo_params()
     params["train"]["max_epoch"] = 3  # a key no stage but train reads
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    out = subprocess.run([sys.executable, str(REPO / "stages" / "download.py")], cwd=tmp_path, capture_output=True,
+    out = subprocess.run([sys.executable, str(REPO / "stages" / "download.py"), "esc50"], cwd=tmp_path, capture_output=True,
                          text=True, env=stage_env(), timeout=300)
     assert out.returncode == 1
-    assert out.stderr.strip().splitlines() == ["download: params.yaml: unknown parameter 'train.max_epoch'; did you mean 'train.max_epochs'?"]
+    assert out.stderr.strip().splitlines() == [
+        "download@esc50: params.yaml: unknown parameter 'train.max_epoch'; did you mean 'train.max_epochs'?"]
     assert not (tmp_path / "data").exists()
 
 
 def test_malformed_params_file_gives_one_line_with_the_line_number(tmp_path):
     (tmp_path / "params.yaml").write_text("seed: 0\ntrain:\n  lr: [0.1, 0.2\n  patience: 3\n")
-    out = subprocess.run([sys.executable, str(REPO / "stages" / "download.py")], cwd=tmp_path, capture_output=True,
+    out = subprocess.run([sys.executable, str(REPO / "stages" / "download.py"), "esc50"], cwd=tmp_path, capture_output=True,
                          text=True, env=stage_env(), timeout=300)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 1 and len(lines) == 1
-    assert lines[0].startswith("download: params.yaml, line 4: not valid YAML")
+    assert lines[0].startswith("download@esc50: params.yaml, line 4: not valid YAML")
 
 
 # --------------------------------------------------------------------------- 5. audio
@@ -419,10 +422,10 @@ def test_audio_errors_name_the_users_original_file(tmp_path):
     x = np.random.default_rng(0).uniform(-0.5, 0.5, 4800).astype(np.float32)
     sf.write(src / "cls1" / "bad.wav", np.stack([x, -x], 1), 48000)
     work = tmp_path / "work"
-    params = {"dataset": "folder", "data": {"folder": {"source": str(src)}}, "model": {"checkpoint": "random", "tokenizer": None}}
-    download(params, work)
+    params = {"datasets": ["folder"], "data": {"folder": {"source": str(src)}}, "model": {"checkpoint": "random", "tokenizer": None}}
+    download(params, "folder", work)
     with pytest.raises(AudioError) as err:
-        preprocess(params, work)
+        preprocess(params, "folder", work)
     message = str(err.value)
     assert message.startswith(f"{src / 'cls1' / 'bad.wav'}: audio is silent") and "data/raw" not in message
     assert not (work / "data" / "mel").exists() or hidden(work / "data" / "mel") == []
@@ -619,15 +622,15 @@ def test_download_checks_every_source_before_writing_any(tmp_path):
     src = tmp_path / "esc"
     fake_esc50(src)
     work = tmp_path / "work"
-    params = {"dataset": "esc50", "data": {"esc50": {"source": str(src)}},
+    params = {"datasets": ["esc50"], "data": {"esc50": {"source": str(src)}},
               "model": {"checkpoint": str(tmp_path / "missing.pt"), "tokenizer": None}}
     with pytest.raises(DownloadError, match="model.checkpoint: .*missing.pt not found"):
-        download(params, work)
-    assert not (work / "data").exists()
+        download(params, "esc50", work)
+    assert not [p for p in (work / "data").rglob("*") if p.is_file()]  # nothing written
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")  # present, but fails once fetched
     params["model"]["checkpoint"] = str(tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match=rf"^{tmp_path / 'bad.pt'}: not a readable PyTorch checkpoint"):
-        download(params, work)
+        download(params, "esc50", work)
     assert not (work / "data" / "raw" / "esc50").exists() and not (work / "data" / "models").exists()
 
 
@@ -641,16 +644,16 @@ def test_evaluate_out_of_space_keeps_the_previous_outputs(tmp_path):
 
     root = _project(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(root)}
-    for stage in ("bases", "baselines", "train", "evaluate"):
-        out = subprocess.run([sys.executable, f"stages/{stage}.py"], cwd=root, env=env, capture_output=True, text=True,
-                             timeout=600)
+    for stage in ("train", "evaluate"):
+        out = subprocess.run([sys.executable, f"stages/{stage}.py", "folder"], cwd=root, env=env, capture_output=True,
+                             text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-2000:]
     before = snapshot(root)
-    assert any(k.endswith(".png") for k in before) and "metrics/residual.json" in before
-    (root / "metrics" / "residual.json").write_text("{}\n")  # so that a rewrite would show
+    assert any(k.endswith(".png") for k in before) and "metrics/folder/alignment.json" in before
+    (root / "metrics" / "folder" / "alignment.json").write_text("{}\n")  # so that a rewrite would show
     before = snapshot(root)
     limited = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-               "resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192)); sys.argv = ['stages/evaluate.py']; "
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192)); sys.argv = ['stages/evaluate.py', 'folder']; "
                "runpy.run_path('stages/evaluate.py', run_name='__main__')")
     out = subprocess.run([sys.executable, "-c", limited], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     lines = out.stderr.strip().splitlines()
