@@ -21,8 +21,10 @@ from .training import TrainConfig, evaluate, train, trainable_count
 from .zeroshot import FrozenHead, TextSide, topk_correct
 
 # the default `methods` list, in the order the comparison table shows them
-METHODS = ("zeroshot", "linear_probe", "linear", "spectral_out", "residual_coarse", "residual_fine", "residual_full",
-           "residual_identity", "linear_adapter")
+# what `train` runs when params.yaml names no `methods`, and the order of every table
+DEFAULT_METHODS = ("zeroshot", "linear_probe", "linear", "spectral_out", "residual_coarse", "residual_fine",
+                   "residual_full", "residual_identity", "linear_adapter", "tip_adapter", "tip_adapter_f")
+METHODS = DEFAULT_METHODS + ("prompt_learning", "residual_fine_unlabelled", "residual_inject")
 
 
 @dataclass

@@ -91,6 +91,7 @@ class ZeroShot(Estimator):
 
 @register
 class LinearProbe(Estimator):
+    needs = frozenset({"validation"})  # C is chosen on the validation clips
     """Logistic regression on the normalised 512-d audio embedding, fitted on the fitting clips,
     C chosen on the validation clips (no refit on them)."""
 
@@ -211,6 +212,7 @@ class NormalisedMap(_OutputModel):
 
 
 class _Trained(Estimator):
+    needs = frozenset({"validation"})  # early stopping and the kept checkpoint (and any lr grid)
     """A map on the output embedding trained with schedule-free AdamW, lr chosen on validation."""
 
     lr_key = ""

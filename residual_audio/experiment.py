@@ -55,7 +55,7 @@ class AlignmentParams:
         check(isinstance(k, int) and k >= 2, "cv.k", f"must be an integer >= 2, got {k!r}")
         val = get(params, "cv.val_fraction", 0.1)
         check(isinstance(val, (int, float)) and 0 <= val < 1, "cv.val_fraction", f"must be in [0, 1), got {val!r}")
-        methods = get(params, "methods", list(al.METHODS))
+        methods = get(params, "methods", list(al.DEFAULT_METHODS))
         check(isinstance(methods, list) and methods and all(isinstance(m, str) for m in methods)
               and len(set(methods)) == len(methods), "methods", f"must be a non-empty list of distinct method names, got {methods!r}")
         device = get(params, "train.device", "auto")

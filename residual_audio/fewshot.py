@@ -34,8 +34,8 @@ METRICS_DIR, PLOTS_DIR = Path("metrics"), Path("plots/fewshot")
 VALIDATION = "validation"  # in an estimator's `needs`: it selects hyper-parameters on a validation draw
 ENCODER = "encoder"  # in an estimator's `needs`: it runs the audio encoder (inject mode), only with fewshot.inject
 DEFAULT_SHOTS = [1, 2, 4, 8, 16]
-DEFAULT_METHODS = ["zeroshot", "linear_probe", "tip_adapter", "tip_adapter_f", "prompt_learning",
-                   "residual_fine", "residual_fine_unlabelled", "residual_identity"]
+DEFAULT_METHODS = ["zeroshot", "linear_probe", "tip_adapter", "tip_adapter_f", "residual_fine",
+                   "residual_fine_unlabelled", "residual_identity"]
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def draw(perms: list[np.ndarray], k: int, with_val: bool) -> tuple[np.ndarray, n
 # --------------------------------------------------------------------------- shared resources
 
 
-def _text_encoder(params: dict, text) -> dict:
+def _text_encoder(params: dict, text, dataset: str, store) -> dict:
     """The model's text branch and the tokenizer, checked against the cached text side."""
     from .clap import checkpoint_from, load_model, load_tokenizer
     from .io import sha256_file
@@ -133,16 +133,24 @@ def _text_encoder(params: dict, text) -> dict:
     return {"model": model, "tokenizer": load_tokenizer(MODELS_DIR / "tokenizer")}
 
 
-# need -> builder(params, text) returning the FoldData.context entries it provides
-CONTEXT_BUILDERS: dict[str, Callable[[dict, object], dict]] = {"text_encoder": _text_encoder}
+def _encoder(params: dict, text, dataset: str, store) -> dict:
+    """The hooked audio encoder on `train.device` and the dataset's mel array (inject-mode methods)."""
+    from .experiment import AlignmentParams, _encoder_context
+
+    return _encoder_context(dataset, store, AlignmentParams.read(params, dataset))
 
 
-def _context(methods, params: dict, text) -> dict:
+# need -> builder(params, text, dataset, store) returning the FoldData.context entries it provides
+CONTEXT_BUILDERS: dict[str, Callable[[dict, object, str, object], dict]] = {"text_encoder": _text_encoder,
+                                                                              "encoder": _encoder}
+
+
+def _context(methods, params: dict, text, dataset: str, store) -> dict:
     context: dict = {}
     for need in sorted({n for m in methods for n in REGISTRY[m].needs} - {VALIDATION}):
         if need not in CONTEXT_BUILDERS:
             raise ParamError(f"params: 'fewshot.methods': nothing provides {need!r} to the few-shot stage")
-        context.update(CONTEXT_BUILDERS[need](params, text))
+        context.update(CONTEXT_BUILDERS[need](params, text, dataset, store))
     return context
 
 
@@ -219,7 +227,7 @@ def fewshot_dataset(params: dict, dataset: str, metrics_path: Path | None = None
     splits = make_splits(store.label, store.fold, p.scheme, p.k, p.seed, 0.0, warn=False)  # `train` reports the folds
     with_val = any(needs_validation(m) for m in methods)
     feasible_shots(store.label, splits, p.shots, with_val)  # fail on impossible shots before any model is built
-    context = _context(methods, params, text)
+    context = _context(methods, params, text, dataset, store)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the skipped shots were reported above
         rows, shots = run_grid(store, text, splits, p, params, methods, context)

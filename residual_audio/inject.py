@@ -521,7 +521,7 @@ class ResidualInject(Estimator):
     carries every other unit unchanged."""
 
     name = "residual_inject"
-    needs = frozenset({"encoder"})
+    needs = frozenset({"encoder", "validation"})
 
     def __init__(self, recipe=None, granularity: str = "head", stages=(0,), device: str = "auto", micro_batch: int = 8):
         from .residual import RECIPES

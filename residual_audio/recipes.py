@@ -120,6 +120,7 @@ class RecipeModel(nn.Module):
 
 
 class ResiDualRecipe(Estimator):
+    needs = frozenset({"validation"})  # early stopping and the kept checkpoint (and any lr grid)
     """One ResiDual recipe in direct mode (see the module docstring for the map)."""
 
     recipe_name = ""

@@ -132,7 +132,7 @@ def evaluate_stage(params: dict, dataset: str, results_dir: Path = Path("data/re
 
     from .params import check
 
-    names = get(params, "methods", list(al.METHODS))
+    names = get(params, "methods", list(al.DEFAULT_METHODS))
     check(isinstance(names, list) and names and all(isinstance(m, str) for m in names), "methods",
           f"must be a non-empty list of method names, got {names!r}")
     methods = collect([dataset], results_dir, names)[dataset]

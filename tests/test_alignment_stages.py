@@ -20,7 +20,7 @@ from residual_audio.zeroshot import save_text_side
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("train", "evaluate", "compare", "ablation")
 METHODS = ("zeroshot", "linear_probe", "linear", "spectral_out", "residual_coarse", "residual_fine", "residual_full",
-           "residual_identity", "linear_adapter")
+           "residual_identity", "linear_adapter", "tip_adapter", "tip_adapter_f")
 
 
 def _project(tmp_path: Path) -> Path:
@@ -78,7 +78,9 @@ def test_dvc_experiments_and_metrics_diff(tmp_path):
     assert all(set(headline[m]) == {"accuracy", "std", "params"} for m in METHODS)
     for m in metrics.values():
         assert len(m["accuracy"]["folds"]) == 2 and m["weights"] == "random" and 0 <= m["top5"]["mean"] <= 1
-    assert metrics["zeroshot"]["params"] == 0 and all(metrics[m]["params"] > 0 for m in METHODS if m != "zeroshot")
+    training_free = {"zeroshot", "tip_adapter"}
+    assert all(metrics[m]["params"] == 0 for m in training_free)
+    assert all(metrics[m]["params"] > 0 for m in METHODS if m not in training_free)
     table = (root / "metrics/comparison.md").read_text()
     assert all(f"| {m} |" in table for m in METHODS)
     recall = pd.read_csv(root / "plots/alignment/folder/recall.csv")
