@@ -139,7 +139,7 @@ def train_dataset(params: dict, dataset: str) -> Path:
     if context.get("weights") == "random":
         weights = "random"
     results = {m: [] for m in p.methods}
-    live = TrainingLog(dataset, live_enabled(params))
+    live = TrainingLog(dataset, live_enabled(params), weights=weights)
     for i, split in enumerate(tqdm(splits, desc=f"train {dataset}")):
         context["pca"] = {}  # per-fold PCA cache shared by the recipes
         data = FoldData(store, text, split, seed=p.seed + i, context=context)

@@ -86,7 +86,9 @@ def test_dvc_experiments_and_metrics_diff(tmp_path):
     recall = pd.read_csv(root / "plots/alignment/folder/recall.csv")
     assert set(recall.method) == set(METHODS) and recall.recall.between(0, 1).all()
     assert (root / "plots/alignment/folder/lambda/residual_fine.png").is_file()
-    assert (root / "dvclive/folder/plots/metrics/residual_fine").is_dir()  # DVCLive curves per method and fold
+    curves = root / "dvclive/folder/plots/metrics/random-weights/residual_fine"  # DVCLive, per method and fold
+    assert sorted(p.name for p in curves.iterdir()) == ["fold0", "fold1"]
+    assert (curves / "fold0" / "val_acc.tsv").read_text().startswith("step\tval_acc")
     ablation = json.loads((root / "metrics/folder/ablation.json").read_text())
     assert set(ablation["fisher"]) == {"pre"}  # read the geometry table it depends on
 
