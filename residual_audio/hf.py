@@ -289,7 +289,7 @@ def tokenizer_dir(folder: str | os.PathLike) -> Path | None:
 # --------------------------------------------------------------------------- fetching (download stage only)
 
 FOLDER = "checkpoint"  # data/models/checkpoint/ holds a fetched ClapModel folder
-HUB_PREFIX = "hf:"
+HUB_PREFIX = "hf:"  # download.HF_PREFIX
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 

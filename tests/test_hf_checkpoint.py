@@ -239,6 +239,9 @@ def test_download_places_a_local_folder_and_a_hub_repo(hf_folder, tmp_path, monk
     got = sorted(fetched["checkpoint"]["files"])
     assert got == ["checkpoint/config.json", "checkpoint/merges.txt", "checkpoint/model.safetensors", "checkpoint/vocab.json"]
     assert hf.tokenizer_dir(tmp_path / "models" / "checkpoint") is not None
+    (tmp_path / "not-clap").mkdir()
+    with pytest.raises(download.DownloadError, match="not-clap holds no config.json; not a transformers ClapModel"):
+        download.fetch_model(str(tmp_path / "not-clap"), None, tmp_path / "bad")
     with pytest.raises(download.DownloadError, match="not a Hugging Face repo id"):
         download.fetch_model("hf:not a repo", None, tmp_path / "bad")
     fused = _copy(hf_folder, tmp_path / "fused")
