@@ -75,6 +75,7 @@ def test_generated_clips_match_laions_api(laion_api, checkpoint, tmp_path):
     assert _rel_rows(ours, theirs).max() <= 1e-5
 
 
+@pytest.mark.shared
 def test_real_clips_match_laions_api_and_exact_differs(laion_api, checkpoint, shared_data, tmp_path):
     paths = sorted((shared_data / "esc50-fold4").rglob("*.wav"))[:3]
     assert len(paths) == 3
