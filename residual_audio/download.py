@@ -30,7 +30,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .clap import CheckpointError, read_checkpoint
-from . import hf
 from .datasets import DATASETS, DatasetError, check_options, list_clips
 from .io import RUNS_DIR, atomic_path, remove_stale, sha256_file, transaction
 from .params import ParamError, check, get
@@ -64,6 +63,7 @@ OFFICIAL_SHA256: dict[str, str] = {}
 TOKENIZER_BASE_URL = "https://huggingface.co/roberta-base/resolve/main/"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 MANIFEST = "manifest.json"
+HF_PREFIX = "hf:"  # model.checkpoint: hf:<owner>/<name>, a transformers ClapModel on the hub
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 URL_SCHEMES = ("http", "https", "file")
 CHUNK = 1 << 20
@@ -544,7 +544,9 @@ def fetch_model(
         tmp.mkdir()
         manifest: dict = {"weights": "random" if random else "pretrained", "checkpoint": None, "tokenizer": None,
                           "checkpoint_sha256": "random" if random else None}
-        if ckpt_request is not None and hf.is_source(checkpoint):  # a transformers ClapModel folder
+        if ckpt_request is not None and (str(checkpoint).startswith(HF_PREFIX) or Path(checkpoint).expanduser().is_dir()):
+            from . import hf  # a transformers ClapModel: hub repo or local folder
+
             names = list(((old or {}).get("checkpoint") or {}).get("files", {}))
             if not (names and _reuse(old, out, "checkpoint", ckpt_request, names, tmp)):
                 names = [f"{hf.FOLDER}/{n}" for n in hf.fetch(checkpoint, tmp / hf.FOLDER, checkpoint_sha256)]
@@ -600,7 +602,7 @@ def _against(workdir: Path, source):
     """A relative local path in params means relative to the project folder (where dvc runs the stage)."""
     if isinstance(source, list):
         return [_against(workdir, s) for s in source]
-    if _none(source) or is_url(str(source)) or str(source).strip().lower() == "random" or str(source).startswith(hf.HUB_PREFIX):
+    if _none(source) or is_url(str(source)) or str(source).strip().lower() == "random" or str(source).startswith(HF_PREFIX):
         return source
     path = Path(str(source)).expanduser()
     return str(path if path.is_absolute() else workdir / path)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -289,7 +288,7 @@ def tokenizer_dir(folder: str | os.PathLike) -> Path | None:
 # --------------------------------------------------------------------------- fetching (download stage only)
 
 FOLDER = "checkpoint"  # data/models/checkpoint/ holds a fetched ClapModel folder
-HUB_PREFIX = "hf:"
+HUB_PREFIX = "hf:"  # download.HF_PREFIX
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 

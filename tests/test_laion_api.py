@@ -44,12 +44,12 @@ def laion_api(checkpoint):
     return api
 
 
-def _store_embeddings(paths, checkpoint, tmp_path, front_end):
+def _store_embeddings(paths, checkpoint, tmp_path, front_end, crop="start"):
     clips = [datasets.Clip(clip_id=f"{i:02d}", path=p, label=0, label_name="x", fold=0) for i, p in enumerate(paths)]
     front = clap.MelFrontEnd.from_checkpoint(checkpoint)
     mel = tmp_path / f"{front_end}.zarr"
     preprocess.preprocess(clips, ["x"], front, mel, tmp_path / f"{front_end}.csv", dataset="folder",
-                          weights="pretrained", front_end=front_end, progress=False)
+                          weights="pretrained", crop=crop, front_end=front_end, progress=False)
     heads = tmp_path / f"{front_end}-heads.zarr"
     extract.extract(clap.load_model(checkpoint), mel, heads, batch_size=4, device="cpu", regimes=["pre"])
     group = zarr.open_group(mel, mode="r")
@@ -62,19 +62,29 @@ def _rel_rows(a, b):
 
 
 def test_generated_clips_match_laions_api(laion_api, checkpoint, tmp_path):
-    """Stereo 22.05 kHz (resampled, mixed down) and a 48 kHz clip of 7 s (one repeat, then zeros)."""
+    """Stereo 22.05 kHz (resampled, mixed down), a 48 kHz clip of 7 s (one repeat, then zeros) and
+    a 12 s 32 kHz clip, which LAION's API crops at a random offset: given the same offset as
+    `preprocess.crop`, the result is the same."""
     rng = np.random.default_rng(4)
     t = np.arange(int(2.3 * 22050)) / 22050
     stereo = np.stack([0.4 * np.sin(2 * np.pi * 330 * t), 0.2 * rng.standard_normal(len(t))], 1)
     sf.write(tmp_path / "stereo.wav", stereo, 22050)
-    sf.write(tmp_path / "long48.wav", 0.2 * rng.standard_normal(7 * 48000), 48000, subtype="PCM_16")
-    paths = [tmp_path / "stereo.wav", tmp_path / "long48.wav"]
-    ours = _store_embeddings(paths, checkpoint, tmp_path, "laion_api")
+    sf.write(tmp_path / "7s48.wav", 0.2 * rng.standard_normal(7 * 48000), 48000, subtype="PCM_16")
+    t = np.arange(12 * 32000) / 32000
+    sf.write(tmp_path / "12s32.wav", 0.3 * np.sin(2 * np.pi * 200 * t * (1 + t)) * np.exp(-t / 6), 32000)
+    paths = [tmp_path / "stereo.wav", tmp_path / "7s48.wav", tmp_path / "12s32.wav"]
+    overflow = len(audio.load_laion_api(paths[2])) - audio.CLIP_SAMPLES
+    np.random.seed(11)
+    offset = np.random.randint(0, overflow + 1)  # the draw LAION's rand_trunc makes for the one long clip
+    assert 0 < offset < overflow
+    ours = _store_embeddings(paths, checkpoint, tmp_path, "laion_api", crop=int(offset))
+    np.random.seed(11)
     with torch.no_grad():
         theirs = laion_api.get_audio_embedding_from_filelist([str(p) for p in paths])
     assert _rel_rows(ours, theirs).max() <= 1e-5
 
 
+@pytest.mark.shared
 def test_real_clips_match_laions_api_and_exact_differs(laion_api, checkpoint, shared_data, tmp_path):
     paths = sorted((shared_data / "esc50-fold4").rglob("*.wav"))[:3]
     assert len(paths) == 3
