@@ -535,10 +535,11 @@ class ResidualInject(Estimator):
     @classmethod
     def from_params(cls, params: dict) -> "ResidualInject":
         from .params import check, get
-        from .residual import check_mode
 
         stages = get(params, "inject_layers", [0])
-        check_mode("inject", stages)
+        check(isinstance(stages, (list, tuple)) and len(stages) > 0 and len(set(map(repr, stages))) == len(stages)
+              and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 4 for s in stages),
+              "inject_layers", f"must be a non-empty list of distinct stage indices 0..3, got {stages!r}")
         granularity = get(params, "residual.granularity", "head")
         check(granularity in GRANULARITIES, "residual.granularity", f"must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
         micro = get(params, "residual.inject.micro_batch", 8)
