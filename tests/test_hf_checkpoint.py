@@ -132,8 +132,8 @@ def test_class_vectors_from_the_folders_own_tokenizer(hf_folder, loaded, clap_mo
     classes = ["dog", "chirping_birds"]
     zarr.open_group(tmp_path / "data" / "heads" / "esc50.zarr", mode="w").attrs["classes"] = classes
     monkeypatch.chdir(tmp_path)
-    experiment.text_stage({"dataset": "esc50", "model": {"checkpoint": "hf:laion/clap-htsat-unfused", "variant": "tiny",
-                                                          "tokenizer": None}})
+    experiment.text_stage({"datasets": ["esc50"], "model": {"checkpoint": "hf:laion/clap-htsat-unfused", "variant": "tiny",
+                                                            "tokenizer": None}}, "esc50")
     side = load_text_side(tmp_path / "data" / "text" / "esc50.npz")
     tok = clap.load_tokenizer(folder)
     tokens = clap.tokenize(tok, ["This is a sound of dog", "This is a sound of chirping birds"])

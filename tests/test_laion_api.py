@@ -104,4 +104,4 @@ def test_front_end_param_is_validated(tmp_path):
     from residual_audio.params import ParamError
 
     with pytest.raises(ParamError, match="'preprocess.front_end' must be one of exact, laion_api"):
-        preprocess.run({"dataset": "esc50", "preprocess": {"front_end": "librosa"}}, tmp_path)
+        preprocess.run({"datasets": ["esc50"], "preprocess": {"front_end": "librosa"}}, "esc50", tmp_path)

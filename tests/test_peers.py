@@ -121,12 +121,13 @@ def test_from_params_validates_the_grid():
 
 @pytest.fixture(scope="module")
 def prompt_world(model, tokenizer):
+    from residual_audio.clap import PROMPT
     from residual_audio.zeroshot import build_text_side
 
     arrays, attrs, _, _ = synthetic_world(n_per_class=4, n_classes=5, seed=5)
     classes = ["dog", "chirping_birds", "vacuum cleaner", "church bells", "rain"]
     attrs = dict(attrs, classes=classes)
-    text = build_text_side(model, tokenizer, classes, ["This is a sound of {label}."])
+    text = build_text_side(model, tokenizer, classes, [PROMPT])  # LAION's prompt, the default template
     store = in_memory_store(arrays, attrs)
     split = make_splits(store.label, store.fold, "stratified", 2, 0, 0.0)[0]
     return store, text, split

@@ -110,7 +110,7 @@ def test_offline_example_runs_end_to_end(tmp_path):
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, work / name)
     audio = tmp_path / "esc50-fold4"
-    fake_esc50(audio, folds=(4,), per_class=2)
+    fake_esc50(audio, folds=(4,), per_class=4)  # cv.k=2 leaves 2 per class: a 1-shot draw and its validation draw
     example = offline_example().replace("../shared/data/esc50-fold4", str(audio)).replace(
         "../shared/data/roberta-base", str(tokenizer))
     quick = [line.strip() for line in (REPO / "scripts" / "smoke_params.txt").read_text().splitlines()

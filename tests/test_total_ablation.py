@@ -81,7 +81,7 @@ def test_cached_stream_ablation_equals_the_full_forward(hooked, data):
 
 def _params(**ablation):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params.update(dataset="toy")
+    params.update(datasets=["folder"])
     params["model"].update(checkpoint="random", variant="tiny")
     params["cv"].update(scheme="stratified", k=2, val_fraction=0.0)
     params["ablation"].update({"stages": [3], "device": "cpu", "batch_size": 4, **ablation})
@@ -92,17 +92,17 @@ def test_stage_adds_total_columns_only_when_asked(model, tmp_path, monkeypatch):
     import residual_audio.clap as clap
     from residual_audio.experiment import ablation_stage
 
-    write_project_data(tmp_path, model, n=4)
+    write_project_data(tmp_path, model, dataset="folder", n=4)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(clap, "load_model", lambda checkpoint, variant=None: model)
-    csv, metrics_path = tmp_path / "plots/ablation/toy.csv", tmp_path / "metrics/ablation.json"
+    csv, metrics_path = tmp_path / "plots/ablation/folder.csv", tmp_path / "metrics/folder/ablation.json"
 
-    ablation_stage(_params())
+    ablation_stage(_params(), "folder")
     direct_csv, direct_json = csv.read_bytes(), metrics_path.read_bytes()
     direct = pd.read_csv(csv)
-    assert "total_drop" not in direct and "total" not in json.loads(direct_json)["toy"]
+    assert "total_drop" not in direct and "total" not in json.loads(direct_json)
 
-    ablation_stage(_params(total=True))
+    ablation_stage(_params(total=True), "folder")
     table = pd.read_csv(csv)
     pd.testing.assert_frame_equal(table[direct.columns], direct)
     ablated = (table.kind == "head") & (table.stage == 3)
@@ -111,20 +111,20 @@ def test_stage_adds_total_columns_only_when_asked(model, tmp_path, monkeypatch):
     assert table.loc[~ablated, "total_drop"].isna().all()
     assert np.allclose(table.loc[ablated, "total_accuracy"] + table.loc[ablated, "total_drop"],
                        table.loc[ablated, "total_accuracy"].iloc[0] + table.loc[ablated, "total_drop"].iloc[0])  # one baseline
-    metrics = json.loads(metrics_path.read_text())["toy"]
+    metrics = json.loads(metrics_path.read_text())
     assert metrics["weights"] == "random" and metrics["total"]["stages"] == [3]
     assert set(metrics["total"]) == {"stages", "head_drop", "direct_vs_total", "fisher"}
     corr = metrics["total"]["direct_vs_total"]
     assert corr == {} or (-1 <= corr["spearman"] <= 1 and corr["n"] == 64)
 
     # back to total: false gives the direct-only outputs again, byte for byte
-    ablation_stage(_params())
+    ablation_stage(_params(), "folder")
     assert csv.read_bytes() == direct_csv and metrics_path.read_bytes() == direct_json
 
     # total needs the mel store: a clear error naming it, outputs as they were
-    (tmp_path / "data/mel/toy.zarr").rename(tmp_path / "data/mel/away.zarr")
-    with pytest.raises(MelStoreError, match="data/mel/toy.zarr"):
-        ablation_stage(_params(total=True))
+    (tmp_path / "data/mel/folder.zarr").rename(tmp_path / "data/mel/away.zarr")
+    with pytest.raises(MelStoreError, match="data/mel/folder.zarr"):
+        ablation_stage(_params(total=True), "folder")
     assert csv.read_bytes() == direct_csv and metrics_path.read_bytes() == direct_json
 
 
@@ -135,5 +135,5 @@ def test_bad_ablation_params_name_the_key(tmp_path, monkeypatch, key, value):
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ParamError, match=rf"ablation\.{key}"):
-        ablation_stage(_params(**{key: value}))
+        ablation_stage(_params(**{key: value}), "folder")
     assert not any(tmp_path.iterdir())
