@@ -46,7 +46,7 @@ STAGES = {s.name: s for s in (
     Stage("evaluate", "report:evaluate_stage", True, ("methods",),
           "metrics, per-fold tables, confusion and λ plots of one dataset -> metrics/<dataset>/, plots/alignment/<dataset>/"),
     Stage("compare", "report:compare_stage", False, ("datasets",),
-          "method × dataset table from every dataset's results -> metrics/comparison.md, metrics/summary.json"),
+          "method × dataset table from every dataset's results -> metrics/comparison.md, plots/comparison.csv"),
     Stage("ablation", "experiment:ablation_stage", True, ("seed", "cv", "ablation", "model.variant"),
           "mean (and optionally total-effect) ablation of every head -> plots/ablation/<dataset>.csv"),
     Stage("fewshot", "fewshot:fewshot_stage", True,
