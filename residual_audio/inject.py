@@ -448,7 +448,7 @@ def train_lambda(model: InjectResiDual, entry: torch.Tensor, labels: np.ndarray,
     best_score, best_lam, best_epoch, bad = validate(row), model.lam.detach().clone(), 0, 0
     history = [row]
     gen = torch.Generator().manual_seed(int(seed))
-    for epoch in tqdm(range(1, recipe.max_epochs + 1), desc="residual_inject", leave=False, disable=recipe.max_epochs == 0):
+    for epoch in tqdm(range(1, recipe.max_epochs + 1), desc="residual_inject", leave=False, disable=recipe.max_epochs == 0 or None):
         opt.train()
         total = 0.0
         for batch in torch.from_numpy(train_idx)[torch.randperm(n, generator=gen)].split(recipe.batch_size):

@@ -11,8 +11,13 @@ import warnings
 import sys
 from pathlib import Path
 
-from .io import OutOfSpaceError, is_out_of_space, transaction
-from .params import load_params
+# No progress-bar animation in log files: tqdm reads TQDM_DISABLE when it is first imported, so
+# it is set before any stage module (and tqdm) is.
+if not sys.stderr.isatty():
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+from .io import OutOfSpaceError, is_out_of_space, transaction  # noqa: E402
+from .params import load_params  # noqa: E402
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:
@@ -77,8 +82,6 @@ def execute(label: str, run, params_path: str | Path = "params.yaml") -> None:
 
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     quiet_libraries()
-    if not sys.stderr.isatty():  # no progress-bar animation in log files
-        os.environ.setdefault("TQDM_DISABLE", "1")
     warnings.formatwarning = lambda message, category, *rest: f"{label}: warning: {message}\n"
     try:
         params = load_params(params_path)
