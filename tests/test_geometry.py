@@ -258,6 +258,7 @@ def test_stage_entry_point_runs_from_params_yaml(stores, tmp_path, monkeypatch):
     script = Path(__file__).parents[1] / "stages" / "geometry.py"
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr and "%|" not in done.stderr  # no progress-bar animation in a log
     (tmp_path / "params.yaml").write_text("datasets: [vocalsound]\ngeometry: {}\n")
     failed = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert failed.returncode == 1
