@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from .estimators import Estimator, FoldData, register
 from .params import ParamError
-from .residual import BEYOND, UnitBases, fit_bases, n_components
+from .residual import BEYOND, UnitBases, fit_bases, kept_components
 from .stores import StoreError, open_store
 from .units import parse_unit
 from .zeroshot import FrozenHead
@@ -195,13 +195,10 @@ class TokenMoments:
             mu = total[u] / n
             cov = (outer[u] - n * np.outer(mu, mu)) / (n - 1)
             ev, vecs = np.linalg.eigh((cov + cov.T) / 2)
-            ev, phi = ev[::-1].clip(0), np.ascontiguousarray(vecs[:, ::-1].T)
-            k = n_components(ev, threshold)
-            phi = phi[:k]
-            signs = np.sign(phi[np.arange(k), np.abs(phi).argmax(1)]) if k else np.ones(0)
-            comps.append((phi * signs[:, None]).astype(np.float32))
-            owner.append(np.full(k, u, dtype=np.int64))
-            explained.append((ev[:k] / max(ev.sum(), 1e-300)).astype(np.float32))
+            phi, ratios = kept_components(ev[::-1].clip(0), np.ascontiguousarray(vecs[:, ::-1].T), threshold)
+            comps.append(phi)
+            owner.append(np.full(len(phi), u, dtype=np.int64))
+            explained.append(ratios)
             means.append(mu.astype(np.float32))
         return UnitBases(unit_names=list(names), unit_index=np.arange(len(names)), means=np.stack(means),
                          components=np.concatenate(comps), owner=np.concatenate(owner),

@@ -33,7 +33,7 @@ from torch import nn
 from .baselines import CHUNK, EVAL_BATCH, init_lambda
 from .estimators import Estimator, FoldData, register
 from .params import ParamError, check, get
-from .residual import BEYOND, RECIPES, Recipe, UnitBases, check_mode, n_components, unit_pca
+from .residual import BEYOND, RECIPES, Recipe, UnitBases, check_mode, fixed_signs, n_components, unit_pca
 from .training import MONITORS, TrainConfig, evaluate, train_grid
 from .stores import StoreError
 from .units import UNIT_SETS, parse_unit
@@ -91,9 +91,7 @@ def cached_pca(data: FoldData, clips: np.ndarray, unit: int):
     key = (hashlib.sha1(np.ascontiguousarray(clips, dtype=np.int64).tobytes()).hexdigest(), int(unit))
     if key not in cache:
         mu, ev, phi = unit_pca(data.store.units[clips, unit, :])
-        k = len(phi)
-        signs = np.sign(phi[np.arange(k), np.abs(phi).argmax(1)]) if k else np.ones(0)
-        cache[key] = (mu.astype(np.float32), ev, (phi * signs[:, None]).astype(np.float32))
+        cache[key] = (mu.astype(np.float32), ev, fixed_signs(phi))
     return cache[key]
 
 

@@ -78,6 +78,22 @@ def unit_pca(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return mu, evals[::-1].clip(0), np.ascontiguousarray(vecs[:, ::-1].T)
 
 
+def fixed_signs(components: np.ndarray) -> np.ndarray:
+    """The rows of `components` flipped so that each one's largest entry is positive: PCA bases
+    then do not depend on the LAPACK build's sign choices (float32)."""
+    k = len(components)
+    signs = np.sign(components[np.arange(k), np.abs(components).argmax(1)]) if k else np.ones(0)
+    return (components * signs[:, None]).astype(np.float32)
+
+
+def kept_components(eigenvalues: np.ndarray, components: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(components [k, D] with fixed signs, explained-variance ratios [k]) of the leading components
+    reaching `threshold`; `eigenvalues` descending, `components` rows in the same order."""
+    k = n_components(eigenvalues, threshold)
+    ratios = eigenvalues[:k] / max(eigenvalues.sum(), 1e-300)
+    return fixed_signs(components[:k]), ratios.astype(np.float32)
+
+
 def fit_bases(units: np.ndarray, unit_index, unit_names, threshold: float) -> UnitBases:
     """Per-unit mean and PCA on training clips only; `units` is [n_train, U_all, D],
     `unit_index` picks the units to fit."""
@@ -92,13 +108,10 @@ def fit_bases(units: np.ndarray, unit_index, unit_names, threshold: float) -> Un
     means, comps, owner, explained = [], [], [], []
     for j, u in enumerate(tqdm(unit_index, desc="bases", leave=False)):
         mu, ev, phi = unit_pca(units[:, u, :])
-        k = n_components(ev, threshold)
-        phi = phi[:k]
-        # a fixed sign per component, so bases are reproducible across LAPACK builds
-        signs = np.sign(phi[np.arange(k), np.abs(phi).argmax(1)]) if k else np.ones(0)
-        comps.append((phi * signs[:, None]).astype(np.float32))
-        owner.append(np.full(k, j, dtype=np.int64))
-        explained.append((ev[:k] / max(ev.sum(), 1e-300)).astype(np.float32))
+        phi, ratios = kept_components(ev, phi, threshold)
+        comps.append(phi)
+        owner.append(np.full(len(phi), j, dtype=np.int64))
+        explained.append(ratios)
         means.append(mu.astype(np.float32))
     return UnitBases(
         unit_names=[unit_names[i] for i in unit_index],
