@@ -1,6 +1,6 @@
 """What every method writes per dataset, and the scores computed from it.
 
-`data/results/<dataset>/<method>.npz` (one layout for every method; see the README):
+`data/results/<dataset>/<method>.npz` (one layout for every method; see docs/methods.md):
 the test logits of every clip from its own fold, and per fold everything it learned.
 """
 

@@ -239,8 +239,6 @@ def load_model(checkpoint: str | os.PathLike, variant: str | None = None, seed: 
     """
     if str(checkpoint) == "random":
         return build_model(variant or "tiny", seed=seed)
-    from . import hf
-
     if hf.is_folder(checkpoint):  # a transformers ClapModel folder
         return hf.load(checkpoint, variant, seed=seed)
     state = read_checkpoint(checkpoint)
@@ -391,7 +389,6 @@ class MelFrontEnd(torch.nn.Module):
         """Front end of `checkpoint` (a file path, or 'random' for the seeded random model's)."""
         if str(checkpoint) == "random":
             return cls(model_config(variant)["audio_cfg"])
-        from . import hf
 
         if hf.is_folder(checkpoint):  # ClapModel stores no STFT/mel weights: torchlibrosa's own
             return cls(hf.audio_cfg(checkpoint))
@@ -494,3 +491,8 @@ def checkpoint_from(models_dir: str | os.PathLike = "data/models") -> str | Path
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found (manifest says pretrained weights)")
     return path
+
+
+# A ClapModel folder loads through hf, which builds on this module: imported last, so that every
+# stage that loads a model imports (and depends on) both, whichever checkpoint it is given.
+from . import hf  # noqa: E402

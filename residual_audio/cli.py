@@ -27,12 +27,12 @@ class Stage:
 
 
 STAGES = {s.name: s for s in (
-    Stage("model", "download:run_model", False, ("model",),
+    Stage("model", "download:run_model", False, ("model.checkpoint", "model.checkpoint_sha256", "model.tokenizer"),
           "fetch the checkpoint and the tokenizer files into data/models/ (nothing for model.checkpoint: random)"),
     Stage("download", "download:run_dataset", True, ("data.${item}", "download"),
           "fetch a dataset's clips into data/raw/<dataset>/"),
     Stage("preprocess", "preprocess:run", True,
-          ("seed", "data.${item}.limit", "model.variant", "preprocess"),
+          ("seed", "data.${item}", "model.variant", "preprocess"),
           "decode, resample to 48 kHz, log-mel -> data/mel/<dataset>.zarr and .csv"),
     Stage("extract", "extract:run", True, ("model.checkpoint", "model.variant", "extract"),
           "one hooked forward per batch -> data/heads/<dataset>.zarr (per-head tensors, direct decomposition)"),
@@ -41,7 +41,7 @@ STAGES = {s.name: s for s in (
           "zero-shot class vectors, temperature and frozen projection -> data/text/<dataset>.npz"),
     Stage("train", "experiment:train_stage", True,
           ("seed", "methods", "inject_layers", "cv", "residual", "train", "baselines", "probe",
-           "model.variant", "live"),
+           "tip_adapter", "prompt_learning", "model.variant", "live"),
           "every method of `methods` fitted per fold -> data/results/<dataset>/<method>.npz"),
     Stage("evaluate", "report:evaluate_stage", True, ("methods",),
           "metrics, per-fold tables, confusion and λ plots of one dataset -> metrics/<dataset>/, plots/alignment/<dataset>/"),
@@ -50,7 +50,7 @@ STAGES = {s.name: s for s in (
     Stage("ablation", "experiment:ablation_stage", True, ("seed", "cv", "ablation", "model.variant"),
           "mean (and optionally total-effect) ablation of every head -> plots/ablation/<dataset>.csv"),
     Stage("fewshot", "fewshot:fewshot_stage", True,
-          ("seed", "cv.scheme", "cv.k", "fewshot", "tip_adapter", "prompt_learning", "model.variant",
+          ("seed", "cv.scheme", "cv.k", "inject_layers", "fewshot", "tip_adapter", "prompt_learning", "model.variant",
            "train", "baselines", "probe", "residual"),
           "few-shot curves of `fewshot.methods` -> metrics/<dataset>/fewshot.json, plots/fewshot/<dataset>/"),
     Stage("geometry", "geometry:stage", False, ("datasets", "geometry"),

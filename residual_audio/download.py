@@ -29,6 +29,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from . import hf  # a transformers ClapModel: hub repo or local folder
 from .clap import CheckpointError, read_checkpoint
 from .datasets import DATASETS, DatasetError, check_options, list_clips
 from .io import RUNS_DIR, atomic_path, remove_stale, sha256_file, transaction
@@ -545,8 +546,6 @@ def fetch_model(
         manifest: dict = {"weights": "random" if random else "pretrained", "checkpoint": None, "tokenizer": None,
                           "checkpoint_sha256": "random" if random else None}
         if ckpt_request is not None and (str(checkpoint).startswith(HF_PREFIX) or Path(checkpoint).expanduser().is_dir()):
-            from . import hf  # a transformers ClapModel: hub repo or local folder
-
             names = list(((old or {}).get("checkpoint") or {}).get("files", {}))
             if not (names and _reuse(old, out, "checkpoint", ckpt_request, names, tmp)):
                 names = [f"{hf.FOLDER}/{n}" for n in hf.fetch(checkpoint, tmp / hf.FOLDER, checkpoint_sha256)]

@@ -14,20 +14,46 @@ import numpy as np
 from tqdm import tqdm
 
 from . import alignment as al
+from . import hf
+from .ablation import direct_total_correlation, fisher_correlation, mean_ablation, total_ablation
+from .clap import checkpoint_from, load_model, load_tokenizer, mel_fingerprint
 from .estimators import FoldData, build
-from .io import atomic_path, write_json
+from .extract import MelStoreError, open_mel_store, resolve_device
+from .hooked import HookedHTSAT
+from .io import atomic_path, sha256_file, write_json
 from .live import TrainingLog
 from .live import enabled as live_enabled
 from .params import ParamError, check, get
 from .protocol import SCHEMES, Split, make_splits
 from .inject import read_head_outputs
 from .residual import check_mode
-from .units import read_units
-from .zeroshot import DEFAULT_TEMPLATES, load_text_side, save_text_side
+from .units import parse_unit, read_units
+from .zeroshot import DEFAULT_TEMPLATES, build_text_side, load_text_side, save_text_side
 
 HEADS_DIR, TEXT_DIR, RESULTS_DIR = Path("data/heads"), Path("data/text"), Path("data/results")
 MEL_DIR = Path("data/mel")  # written by the preprocess stage; read by methods that run the encoder
 MODELS_DIR = Path("data/models")  # written by the download stage: checkpoint.pt, tokenizer/
+
+
+@dataclass(frozen=True)
+class FoldParams:
+    """What the folds depend on: `seed` and `cv` (ablation reads no more)."""
+
+    seed: int
+    scheme: str
+    k: int
+    val_fraction: float
+
+    @classmethod
+    def read(cls, params: dict) -> "FoldParams":
+        seed = get(params, "seed", 0)
+        check(isinstance(seed, int), "seed", f"must be an integer, got {seed!r}")
+        scheme, k = get(params, "cv.scheme", "official"), get(params, "cv.k", 5)
+        check(scheme in SCHEMES, "cv.scheme", f"must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+        check(isinstance(k, int) and k >= 2, "cv.k", f"must be an integer >= 2, got {k!r}")
+        val = get(params, "cv.val_fraction", 0.1)
+        check(isinstance(val, (int, float)) and 0 <= val < 1, "cv.val_fraction", f"must be in [0, 1), got {val!r}")
+        return cls(seed, scheme, k, float(val))
 
 
 @dataclass(frozen=True)
@@ -45,16 +71,10 @@ class AlignmentParams:
     @classmethod
     def read(cls, params: dict, dataset: str) -> "AlignmentParams":
         check(isinstance(dataset, str) and dataset, "datasets", f"must hold dataset names, got {dataset!r}")
-        datasets = [dataset]
-        seed = get(params, "seed", 0)
-        check(isinstance(seed, int), "seed", f"must be an integer, got {seed!r}")
+        folds = FoldParams.read(params)
+        seed, scheme, k, val = folds.seed, folds.scheme, folds.k, folds.val_fraction
         inject = get(params, "inject_layers", [0, 1, 2, 3])
         check_mode("direct", inject)
-        scheme, k = get(params, "cv.scheme", "official"), get(params, "cv.k", 5)
-        check(scheme in SCHEMES, "cv.scheme", f"must be one of {', '.join(SCHEMES)}, got {scheme!r}")
-        check(isinstance(k, int) and k >= 2, "cv.k", f"must be an integer >= 2, got {k!r}")
-        val = get(params, "cv.val_fraction", 0.1)
-        check(isinstance(val, (int, float)) and 0 <= val < 1, "cv.val_fraction", f"must be in [0, 1), got {val!r}")
         methods = get(params, "methods", list(al.DEFAULT_METHODS))
         check(isinstance(methods, list) and methods and all(isinstance(m, str) for m in methods)
               and len(set(methods)) == len(methods), "methods", f"must be a non-empty list of distinct method names, got {methods!r}")
@@ -64,7 +84,7 @@ class AlignmentParams:
                    get(params, "model.variant", None))
 
 
-def splits_for(store, p: AlignmentParams, warn: bool = True) -> list[Split]:
+def splits_for(store, p: FoldParams | AlignmentParams, warn: bool = True) -> list[Split]:
     return make_splits(store.label, store.fold, p.scheme, p.k, p.seed, p.val_fraction, warn=warn)
 
 
@@ -79,10 +99,6 @@ def text_stage(params: dict, dataset: str) -> None:
     """Class vectors, temperature and frozen audio projection per dataset → data/text/<dataset>.npz."""
     import zarr
 
-    from . import hf
-    from .clap import load_model, load_tokenizer
-    from .io import sha256_file
-    from .zeroshot import build_text_side
 
     datasets = [dataset]
     checkpoint = str(get(params, "model.checkpoint", "random"))
@@ -178,8 +194,6 @@ def _encoder_context(ds: str, store, p: AlignmentParams) -> dict:
 
 def _mel_store(ds: str, heads):
     """The dataset's mel store, checked to hold the heads store's clips in the same order."""
-    from .extract import MelStoreError, open_mel_store
-
     mel_path = MEL_DIR / f"{ds}.zarr"
     mel_store = open_mel_store(mel_path)
     mel_ids = np.array([str(c) for c in mel_store["clip_id"][:]])
@@ -190,10 +204,6 @@ def _mel_store(ds: str, heads):
 
 def _encoder(ds: str, mel_store, variant, device: str, device_key: str):
     """The hooked encoder of data/models on `device`, checked against the mel store's mel settings."""
-    from .clap import checkpoint_from, load_model, mel_fingerprint
-    from .extract import MelStoreError, resolve_device
-    from .hooked import HookedHTSAT
-
     device = resolve_device(device, device_key)
     model = load_model(checkpoint_from(MODELS_DIR), variant)
     if mel_store.attrs["mel_sha256"] != mel_fingerprint(model):
@@ -238,13 +248,12 @@ def ablation_stage(params: dict, dataset: str, geometry: str | Path = "plots/geo
     forward pass (total effect, columns total_*), which needs the mel store and the model."""
     import pandas as pd
 
-    from .ablation import direct_total_correlation, fisher_correlation, mean_ablation
-
-    p = AlignmentParams.read(params, dataset)
+    p = FoldParams.read(params)
     q = AblationParams.read(params)
+    variant = get(params, "model.variant", None)  # the encoder, with ablation.total
     tables, metrics = {}, {}
     geo = pd.read_csv(geometry) if Path(geometry).is_file() else None
-    for ds in p.datasets:
+    for ds in [dataset]:
         store = _store(ds)
         text = load_text_side(TEXT_DIR / f"{ds}.npz", store.classes)
         splits = splits_for(store, p, warn=False)  # `train` reports the folds
@@ -259,7 +268,7 @@ def ablation_stage(params: dict, dataset: str, geometry: str | Path = "plots/geo
             "fisher": fisher_correlation(table, geo, ds) if geo is not None else {},
         }
         if q.total:
-            table, model_weights = _total_ablation(ds, p, q, splits, text, table)
+            table, model_weights = _total_ablation(ds, variant, q, splits, text, table)
             if model_weights == "random":
                 metrics[ds]["weights"] = "random"
             total = table[table.kind == "head"].dropna(subset=["total_drop"])
@@ -278,14 +287,11 @@ def ablation_stage(params: dict, dataset: str, geometry: str | Path = "plots/geo
         write_json(Path("metrics") / ds / "ablation.json", block)
 
 
-def _total_ablation(ds: str, p: AlignmentParams, q: AblationParams, splits: list[Split], text, table):
+def _total_ablation(ds: str, variant: str | None, q: AblationParams, splits: list[Split], text, table):
     """Total-effect columns added to the direct-ablation table (NaN for blocks and heads not ablated)."""
-    from .ablation import total_ablation
-    from .units import parse_unit
-
     heads = read_head_outputs(HEADS_DIR / f"{ds}.zarr")
     mel_store = _mel_store(ds, heads)
-    hooked, device = _encoder(ds, mel_store, p.variant, q.device, "ablation.device")
+    hooked, device = _encoder(ds, mel_store, variant, q.device, "ablation.device")
     chosen = [u for u, name in enumerate(heads.head_names) if parse_unit(name)["stage"] in q.stages]
     total = total_ablation(hooked, mel_store["mel"], heads.label, heads.pre, heads.head_names, splits, text,
                            q.batch_size, device, heads=chosen)

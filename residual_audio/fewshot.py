@@ -21,8 +21,10 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
+from .clap import checkpoint_from, load_model, load_tokenizer
 from .estimators import REGISTRY, FoldData, _load_all, build
-from .io import atomic_path, write_json
+from .experiment import AlignmentParams, _encoder_context
+from .io import atomic_path, sha256_file, write_json
 from .params import ParamError, check, get
 from .protocol import SCHEMES, Split, make_splits
 from .units import read_units
@@ -47,6 +49,7 @@ class FewshotParams:
     seed: int
     scheme: str
     k: int
+    variant: str | None = None  # model.variant: the model that methods needing an encoder build
 
     @classmethod
     def read(cls, params: dict) -> "FewshotParams":
@@ -72,7 +75,7 @@ class FewshotParams:
         scheme, k = get(params, "cv.scheme", "official"), get(params, "cv.k", 5)
         check(scheme in SCHEMES, "cv.scheme", f"must be one of {', '.join(SCHEMES)}, got {scheme!r}")
         check(isinstance(k, int) and not isinstance(k, bool) and k >= 2, "cv.k", f"must be an integer >= 2, got {k!r}")
-        return cls(tuple(sorted(shots)), seeds, tuple(methods), inject, seed, scheme, k)
+        return cls(tuple(sorted(shots)), seeds, tuple(methods), inject, seed, scheme, k, get(params, "model.variant", None))
 
 
 # --------------------------------------------------------------------------- draws
@@ -120,11 +123,8 @@ def draw(perms: list[np.ndarray], k: int, with_val: bool) -> tuple[np.ndarray, n
 
 def _text_encoder(params: dict, text, dataset: str, store) -> dict:
     """The model's text branch and the tokenizer, checked against the cached text side."""
-    from .clap import checkpoint_from, load_model, load_tokenizer
-    from .io import sha256_file
-
     checkpoint = checkpoint_from(MODELS_DIR)
-    model = load_model(checkpoint, get(params, "model.variant", None))
+    model = load_model(checkpoint, FewshotParams.read(params).variant)
     if model.weights != text.weights:
         raise TextCacheError(f"{MODELS_DIR}: {model.weights} weights, but the cached text side has {text.weights} "
                              "ones; rerun the 'text' stage")
@@ -135,8 +135,6 @@ def _text_encoder(params: dict, text, dataset: str, store) -> dict:
 
 def _encoder(params: dict, text, dataset: str, store) -> dict:
     """The hooked audio encoder on `train.device` and the dataset's mel array (inject-mode methods)."""
-    from .experiment import AlignmentParams, _encoder_context
-
     return _encoder_context(dataset, store, AlignmentParams.read(params, dataset))
 
 

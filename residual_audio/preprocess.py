@@ -20,9 +20,11 @@ import zarr
 from tqdm import tqdm
 from zarr.codecs import ZstdCodec
 
-from . import audio
-from .clap import MelFrontEnd
+from . import audio, datasets
+from .clap import MelFrontEnd, checkpoint_from
+from .download import original_source
 from .io import atomic_path
+from .params import check, get
 
 FRONT_ENDS = ("exact", "laion_api")  # preprocess.front_end
 CLIP_COLUMNS = ["clip_id", "path", "label", "label_name", "fold", "duration", "orig_sr"]
@@ -152,10 +154,6 @@ def preprocess(
 
 def run(params: dict, name: str, workdir: str | Path = ".") -> Path:
     """The `preprocess` stage of dataset `name`: data/raw/<name>/ into data/mel/<name>.zarr."""
-    from . import datasets
-    from .clap import checkpoint_from
-    from .params import check, get
-
     workdir = Path(workdir)
     check(isinstance(name, str) and name in datasets.DATASETS, "datasets",
           f"is {name!r}; known datasets: {', '.join(datasets.DATASETS)}")
@@ -187,8 +185,6 @@ def run(params: dict, name: str, workdir: str | Path = ".") -> Path:
             "front_end": front_end}
     if weights == "random":
         print(f"preprocess: {WARNING_RANDOM}", file=sys.stderr)
-    from .download import original_source
-
     raw = workdir / "data" / "raw" / name
     timings = preprocess(clips, classes, front, out / f"{name}.zarr", out / f"{name}.csv", dataset=name,
                          weights=weights, crop=crop, front_end=front_end, batch_size=batch_size,

@@ -61,22 +61,19 @@ def run_stage(name: str, argv: list[str] | None = None) -> None:
     if not stage.per_dataset:
         execute(name, resolve(stage), args.params)
         return
-
-    def per_dataset(params: dict):
-        from .params import ParamError, check_dataset
-
-        if not args.dataset:
-            raise ParamError(f"{name} runs per dataset: give one of `datasets` (python stages/{name}.py <dataset>)")
-        return resolve(stage)(params, check_dataset(params, args.dataset))
-
-    execute(f"{name}@{args.dataset}" if args.dataset else name, per_dataset, args.params)
+    if not args.dataset:
+        sys.exit(f"{name}: runs per dataset: give one of `datasets` (python stages/{name}.py <dataset>)")
+    execute(f"{name}@{args.dataset}", lambda params: resolve(stage)(params, args.dataset), args.params,
+            dataset=args.dataset)
 
 
-def execute(label: str, run, params_path: str | Path = "params.yaml") -> None:
-    """Run `run(params)` as stage `label`: the whole params file checked against the schema first,
-    the outputs replaced all together at the end or none (one transaction, see `io.transaction`;
-    leftovers of killed earlier runs cleaned first), expected errors and a full disk turned into
-    one line naming the file or key."""
+def execute(label: str, run, params_path: str | Path = "params.yaml", dataset: str | None = None) -> None:
+    """Run `run(params)` as stage `label`: the whole params file checked against the schema first
+    (and `dataset`, for a per-dataset stage, against `datasets`: a check of the command line, not a
+    dependency on the list), the outputs replaced all together at the end or none (one
+    transaction, see `io.transaction`; leftovers of killed earlier runs cleaned first), expected
+    errors and a full disk turned into one line naming the file or key."""
+    from .params import check_dataset
     from .logs import quiet_libraries
     from .schema import validate
 
@@ -86,8 +83,17 @@ def execute(label: str, run, params_path: str | Path = "params.yaml") -> None:
     try:
         params = load_params(params_path)
         validate(params, source=str(params_path))
+        if dataset is not None:
+            check_dataset(params, dataset)
+        tracing = bool(os.environ.get("RESIDUAL_AUDIO_TRACE"))  # the deps test's record (see trace.py)
+        if tracing:
+            from . import trace
+
+            params, reads = trace.start(params)
         with transaction(label):
             result = run(params)
+        if tracing:
+            trace.finish(label, reads)
     except expected_errors() as exc:
         sys.exit(f"{label}: {exc}")
     except OSError as exc:

@@ -9,6 +9,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")  # the DVC projects that tests make send nothing anywhere
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RESIDUAL_AUDIO_SHARED", REPO.parent / "shared"))
@@ -20,6 +21,19 @@ def model():
     from residual_audio.clap import build_model
 
     return build_model("tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def official_checkpoint(model, tmp_path_factory) -> Path:
+    """The seeded random model written once per test run in LAION's official training-checkpoint
+    format (about 600 MB). Shared, read-only, by every test that needs a real `.pt` file: copy or
+    hard-link it, never write into it. Hostile variants are small files of their own."""
+    from residual_audio.clap import save_checkpoint
+
+    path = tmp_path_factory.mktemp("official") / "630k-audioset-best.pt"
+    save_checkpoint(model, path)
+    path.chmod(0o444)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +49,18 @@ def tokenizer(shared_data):
     from residual_audio.clap import load_tokenizer
 
     return load_tokenizer(shared_data / "roberta-base")
+
+
+@pytest.fixture(scope="session")
+def offline_example(tmp_path_factory):
+    """The README's offline example, run once per session (tests/example_run.py); every stage's
+    imports and params reads are recorded under `.trace`."""
+    from example_run import run_offline_example
+
+    tokenizer = SHARED / "data" / "roberta-base"
+    if not tokenizer.is_dir():
+        pytest.skip(f"{tokenizer} is absent: the zero-shot head needs the real tokenizer files")
+    return run_offline_example(tmp_path_factory.mktemp("example"), tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +82,7 @@ def waveforms():
 
 # Tests that build or run a CLAP model (directly or through a fixture that does) carry the
 # `model` marker, so `pytest -m "not model"` is a quick loop; `slow` ones run whole stages.
-MODEL_FIXTURES = {"model", "base_model", "tokenizer"}
+MODEL_FIXTURES = {"model", "base_model", "tokenizer", "offline_example", "official_checkpoint"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -99,17 +99,17 @@ def test_fewshot_stage_end_to_end(project):
     assert len([w for w in record if "fewshot.shots" in str(w.message)]) == 1
 
     on_disk = json.loads((project / "metrics/syn/fewshot.json").read_text())
-    assert on_disk == metrics
     assert on_disk["weights"] == "random"
     acc = on_disk["accuracy"]
     assert set(acc) == {"tip_adapter", "tip_adapter_f"} and set(acc["tip_adapter"]) == {"1", "2"}
     assert set(acc["tip_adapter"]["1"]) == {"mean", "std"}
 
+    # every headline number is the mean and spread of its runs (pandas, from the per-run table)
     runs = pd.read_csv(project / "plots/fewshot/syn/runs.csv")
     assert len(runs) == 2 * 2 * 2 * 2  # methods × folds × seeds × shots
-    one = runs[(runs.method == "tip_adapter") & (runs.shots == 1)].accuracy
-    assert acc["tip_adapter"]["1"]["mean"] == pytest.approx(one.mean())
-    assert acc["tip_adapter"]["1"]["std"] == pytest.approx(one.std(ddof=1))
+    for (method, shots), group in runs.groupby(["method", "shots"]):
+        assert acc[method][str(shots)]["mean"] == pytest.approx(group.accuracy.mean())
+        assert acc[method][str(shots)]["std"] == pytest.approx(group.accuracy.std(ddof=1))
     assert set(runs[runs.method == "tip_adapter_f"].params) == {5 * 512, 10 * 512}  # k × classes keys of 512
 
     curves = pd.read_csv(project / "plots/fewshot/syn/curves.csv", dtype={"point": str})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -42,9 +43,13 @@ def clap_model():
 
 @pytest.fixture(scope="module")
 def hf_folder(clap_model, tmp_path_factory):
+    """The model saved with `save_pretrained` (about 600 MB), removed when this module's tests end.
+    Read-only: `_copy` hard-links its weights file."""
     folder = tmp_path_factory.mktemp("hf") / "clap-htsat-unfused"
     clap_model.save_pretrained(folder)
-    return folder
+    (folder / "model.safetensors").chmod(0o444)
+    yield folder
+    shutil.rmtree(folder.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +57,21 @@ def loaded(hf_folder):
     return clap.load_model(hf_folder)
 
 
+WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
 def _copy(folder: Path, dest: Path) -> Path:
-    shutil.copytree(folder, dest)
+    """A copy of a ClapModel folder whose weights file is a hard link (no second 600 MB): edit its
+    config freely, but replace the weights only through `_replace_weights`."""
+    shutil.copytree(folder, dest, copy_function=lambda src, dst: (os.link if Path(src).name in WEIGHTS else shutil.copy2)(src, dst))
     return dest
+
+
+def _replace_weights(folder: Path, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    (folder / "model.safetensors").unlink()  # a new file: the shared one stays as it was
+    save_file(state, str(folder / "model.safetensors"))
 
 
 def test_folder_is_detected_by_content_and_reads_its_config(hf_folder, tmp_path):
@@ -151,14 +168,18 @@ def test_pytorch_model_bin_loads_weights_only(hf_folder, loaded, tmp_path, monke
     folder = tmp_path / "bin"
     folder.mkdir()
     shutil.copy(hf_folder / "config.json", folder)
-    torch.save(load_file(str(hf_folder / "model.safetensors")), folder / "pytorch_model.bin")
+    # every tensor but the text encoder's (most of the 600 MB): the same loader and mapping on less disk
+    state = {k: v for k, v in load_file(str(hf_folder / "model.safetensors")).items() if not k.startswith("text_model.")}
+    torch.save(state, folder / "pytorch_model.bin")
     calls = []
     real = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k.get("weights_only")) or real(*a, **k))
     state = hf.read_state(folder)
     assert calls == [True]
-    mapped, reference = hf.to_laion(state), hf.to_laion(hf.read_state(hf_folder))
+    mapped = hf.to_laion(state)
+    reference = hf.to_laion({k: v for k, v in hf.read_state(hf_folder).items() if not k.startswith("text_model.")})
     assert mapped.keys() == reference.keys() and all(torch.equal(mapped[k], reference[k]) for k in mapped)
+    assert any(k.startswith("audio_branch.layers.3") for k in mapped)
     own = loaded.state_dict()
     assert all(torch.equal(own[k], v) for k, v in mapped.items())
 
@@ -201,11 +222,12 @@ def test_unknown_layout_is_refused_naming_the_key(hf_folder, tmp_path):
 
     state = load_file(str(hf_folder / "model.safetensors"))
     extra = _copy(hf_folder, tmp_path / "extra")
-    save_file({**state, "audio_model.audio_encoder.fusion_model.weight": torch.zeros(3)}, str(extra / "model.safetensors"))
+    _replace_weights(extra, {**state, "audio_model.audio_encoder.fusion_model.weight": torch.zeros(3)})
     with pytest.raises(clap.CheckpointError, match=r"model.safetensors: unknown ClapModel layout.*fusion_model"):
         clap.load_model(extra)
+    shutil.rmtree(extra)  # one rewritten 600 MB file at a time
     short = _copy(hf_folder, tmp_path / "short")
-    save_file({k: v for k, v in state.items() if "layers.2.blocks.5.output.dense" not in k}, str(short / "model.safetensors"))
+    _replace_weights(short, {k: v for k, v in state.items() if "layers.2.blocks.5.output.dense" not in k})
     with pytest.raises(clap.CheckpointError, match=r"weights do not match.*layers.2.blocks.5.mlp.fc2"):
         clap.load_model(short)
 
@@ -235,7 +257,10 @@ def test_download_places_a_local_folder_and_a_hub_repo(hf_folder, tmp_path, monk
     files = ["config.json", "model.safetensors", "pytorch_model.bin", "vocab.json", "merges.txt", "README.md"]
     for name in files:
         src = hf_folder / name
-        (repo / name).write_bytes(src.read_bytes() if src.exists() else b"{}")
+        if src.exists():
+            os.link(src, repo / name)
+        else:
+            (repo / name).write_bytes(b"{}")
     (hub / "api" / "models" / "laion").mkdir(parents=True)
     (hub / "api" / "models" / "laion" / "clap-htsat-unfused").write_text(
         json.dumps({"siblings": [{"rfilename": n} for n in files]}))

@@ -61,18 +61,22 @@ class Payload:
 
 
 @pytest.fixture(scope="module")
-def official(tmp_path_factory, model) -> Path:
-    """The seeded random model written in the official training-checkpoint format."""
-    path = tmp_path_factory.mktemp("ckpt") / "630k-audioset-best.pt"
-    save_checkpoint(model, path)
-    return path
+def official(official_checkpoint) -> Path:
+    """The seeded random model in the official training-checkpoint format (shared, read-only)."""
+    return official_checkpoint
 
 
-def with_payload(official: Path, dest: Path, marker: Path) -> Path:
-    """The official checkpoint with a payload hidden in its optimizer state (otherwise valid)."""
-    checkpoint = torch.load(official, weights_only=False)  # our own file, written just above
-    checkpoint["optimizer"]["param_groups"][0]["note"] = Payload(marker)
-    torch.save(checkpoint, dest)
+def with_payload(model, dest: Path, marker: Path) -> Path:
+    """A checkpoint in the official layout (`module.` state dict, AdamW optimizer state, numpy
+    scalars) with a payload hidden in its optimizer state. Its state dict holds the audio
+    projection only: the payload is met while unpickling, before any weight is looked at, so
+    a small file tests the same refusal as a 600 MB one."""
+    head = model.audio_projection
+    optimizer = torch.optim.AdamW(list(head.parameters())[:2], lr=1e-4).state_dict()
+    optimizer["param_groups"][0]["note"] = Payload(marker)
+    torch.save({"epoch": np.int64(45), "name": "tiny-random-weights", "best_score": np.float64(0.0),
+                "state_dict": {f"module.audio_projection.{k}": v for k, v in head.state_dict().items()},
+                "optimizer": optimizer}, dest)
     return dest
 
 
@@ -99,9 +103,9 @@ def test_local_payload_is_refused_naming_file_and_type(tmp_path, legacy):
     assert not marker.exists()
 
 
-def test_payload_hidden_in_a_valid_checkpoint_is_refused(official, tmp_path):
+def test_payload_hidden_in_a_valid_checkpoint_is_refused(model, tmp_path):
     marker = tmp_path / "marker"
-    path = with_payload(official, tmp_path / "630k-audioset-best.pt", marker)
+    path = with_payload(model, tmp_path / "630k-audioset-best.pt", marker)
     with pytest.raises(CheckpointError, match=r"630k-audioset-best.pt: refused to load: the file needs 'exec'"):
         load_model(path)
     with pytest.raises(CheckpointError, match="refused"):
@@ -128,10 +132,10 @@ def http_dir(tmp_path):
         server.server_close()
 
 
-def test_payload_over_http_is_refused_before_anything_is_written(official, tmp_path, http_dir):
+def test_payload_over_http_is_refused_before_anything_is_written(model, tmp_path, http_dir):
     base, www = http_dir
     marker = tmp_path / "marker"
-    with_payload(official, www / "630k-best.pt", marker)
+    with_payload(model, www / "630k-best.pt", marker)
     work = tmp_path / "work"
     src = tmp_path / "esc"
     fake_esc50(src)
@@ -149,7 +153,7 @@ def test_checkpoint_sha256_is_recorded_and_published_hashes_are_checked(official
     manifest = fetch_model(str(official), None, tmp_path / "models")
     assert manifest["checkpoint_sha256"] == sha256(official)
     base, www = http_dir
-    (www / "630k-best.pt").write_bytes(official.read_bytes())
+    os.link(official, www / "630k-best.pt")  # the same bytes, no second 600 MB on disk
     src = tmp_path / "esc"
     fake_esc50(src)
     monkeypatch.setitem(dl.OFFICIAL_CHECKPOINTS, "630k-best.pt", base + "630k-best.pt")

@@ -58,7 +58,11 @@ def test_lambda_one_gives_exactly_the_zero_shot_logits(hooked, data, stages):
         logits = model(x).numpy()
         again = model(x).numpy()
     reference = zeroshot_logits(data["embedding"].numpy(), data["text"])
-    assert np.array_equal(logits, reference) and np.array_equal(again, logits)  # exact, and no random augmentation
+    # λ = 1 adds an exact zero, but the entry cache is built in batches of 4 and the reference in one
+    # batch: float32 matmuls regrouped by batch shape differ by a few ulps, so 1e-5 (far below the
+    # 1e-3 between classes checked below); the same input twice is the same operation, so exact
+    np.testing.assert_allclose(logits, reference, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(again, logits)  # no random augmentation
     assert model.lam.numel() == len(restrict(data["bases"], stages).owner) > 0
     assert np.abs(reference[:, 0] - reference[:, 1]).max() > 1e-3  # the logits are not degenerate
 
@@ -87,8 +91,8 @@ def test_hook_is_rd_of_every_head_on_every_token(hooked, data, beyond):
         rows = b.owner == u
         phi, mu = torch.from_numpy(b.components[rows]).double(), torch.from_numpy(b.means[u]).double()
         x = z[:, :, i]
-        if beyond == "keep":
-            expected = rd(x, phi, mu, lam[torch.from_numpy(rows)])
+        if beyond == "keep":  # the directions past the threshold kept as they are: x + Φᵀ diag(λ − 1) Φ (x − μ)
+            expected = x + ((x - mu) @ phi.T * (lam[torch.from_numpy(rows)] - 1)) @ phi
         else:
             expected = mu + ((x - mu) @ phi.T * lam[torch.from_numpy(rows)]) @ phi  # components past the threshold dropped
         torch.testing.assert_close(new[:, :, i], expected, atol=1e-4, rtol=1e-5)
@@ -265,6 +269,9 @@ def test_learning_rate_range_test_leaves_the_model_as_it_was(hooked, data):
 
     inner = InjectResiDual(hooked, FrozenHead(data["text"]), data["bases"], [3])
     wrapped = FromCache(inner, entry_inputs(hooked, data["mel"].numpy(), 3, 4, "cpu"))
-    lr = lr_range_test(wrapped, (torch.arange(N),), torch.from_numpy(data["label"]), TrainConfig(batch_size=4), steps=12)
-    assert 1e-5 <= lr <= 0.1
+    args = (wrapped, (torch.arange(N),), torch.from_numpy(data["label"]), TrainConfig(batch_size=4))
+    lr = lr_range_test(*args, steps=12)
+    # a tenth of one of the 12 rates tried (1e-4 … 1, geometric), and the same again: the test is seeded
+    assert np.isclose(np.geomspace(1e-4, 1.0, 12) / 10, lr, rtol=1e-12).sum() == 1
+    assert lr_range_test(*args, steps=12) == lr
     assert torch.equal(inner.lam.detach(), torch.ones_like(inner.lam))

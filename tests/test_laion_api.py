@@ -13,10 +13,8 @@ from residual_audio import audio, clap, datasets, extract, preprocess
 
 
 @pytest.fixture(scope="module")
-def checkpoint(model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "630k-audioset-best.pt"
-    clap.save_checkpoint(model, path)
-    return path
+def checkpoint(official_checkpoint):
+    return official_checkpoint
 
 
 @pytest.fixture(scope="module")

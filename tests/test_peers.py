@@ -104,7 +104,7 @@ def test_tip_adapter_f_trains_the_keys_only(world):
     np.testing.assert_allclose(est.logits(data, split.test), want, rtol=1e-4, atol=1e-4)
 
 
-def test_from_params_validates_the_grid():
+def test_from_params_validates_the_grid(world):
     from residual_audio.params import ParamError
 
     with pytest.raises(ParamError, match="tip_adapter.alpha"):
@@ -113,7 +113,10 @@ def test_from_params_validates_the_grid():
         build("tip_adapter_f", {"tip_adapter": {"epochs": -1}})
     with pytest.raises(ParamError, match="prompt_learning.epochs"):
         build("prompt_learning", {"prompt_learning": {"epochs": "many"}})
-    assert build("tip_adapter", {"tip_adapter": {"alpha": [0, 1], "beta": [2]}}).get_params() == {"alpha": (0.0, 1.0), "beta": (2.0,)}
+    # the grid from params.yaml is the one searched: the chosen (α, β) come from it
+    store, text, split = world
+    est = build("tip_adapter", {"tip_adapter": {"alpha": [0, 1], "beta": [2]}}).fit(FoldData(store, text, split))
+    assert est.alpha_ in (0.0, 1.0) and est.beta_ == 2.0
 
 
 # --------------------------------------------------------------------------- prompt learning

@@ -13,28 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from example_run import bash_blocks, commands
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RESIDUAL_AUDIO_SHARED", REPO.parent / "shared"))
-
-
-def bash_blocks() -> list[str]:
-    text = (REPO / "README.md").read_text()
-    return re.findall(r"```bash\n(.*?)```", text, re.S)
-
-
-def commands() -> list[str]:
-    """Every command of the README's bash blocks, continuation lines joined."""
-    out = []
-    for block in bash_blocks():
-        out += [c.strip() for c in block.replace("\\\n", " ").splitlines() if c.strip() and not c.strip().startswith("#")]
-    return out
-
-
-def offline_example() -> str:
-    found = [c for c in commands() if "dvc exp run" in c and "model.checkpoint=random" in c and "esc50-fold4" in c]
-    assert len(found) == 1, "the README shows one offline example on ../shared's ESC-50 fold 4"
-    return found[0]
 
 
 def test_setup_and_test_commands_are_what_ci_runs():
@@ -46,8 +28,19 @@ def test_setup_and_test_commands_are_what_ci_runs():
     assert ".venv/bin/python -m pytest -q" in ci
 
 
-def test_every_command_names_files_and_entry_points_that_exist():
-    for command in commands():
+MANUAL = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def test_the_readme_is_short_and_points_to_every_page_of_the_manual():
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 250
+    for page in MANUAL[1:]:
+        assert f"docs/{page.name}" in text, f"README does not point to docs/{page.name}"
+
+
+@pytest.mark.parametrize("page", MANUAL, ids=lambda p: p.name)
+def test_every_command_names_files_and_entry_points_that_exist(page):
+    for command in commands(page):
         # a command that needs the venv's tools activates it itself (each is pasted into a new shell)
         words = shlex.split(command.replace("&&", " ; "))
         tools = {w for w in words if w in ("dvc", "pytest", "residual-audio")}
@@ -93,56 +86,24 @@ def test_packaging_declares_the_pinned_dependencies():
 
 @pytest.mark.slow
 @pytest.mark.model
-def test_offline_example_runs_end_to_end(tmp_path):
-    """The README's offline `dvc exp run`, verbatim but for the audio (generated clips in ESC-50's
-    layout instead of ../shared's real fold 4) and quick settings, in a fresh git + DVC copy."""
-    tokenizer = SHARED / "data" / "roberta-base"
-    if not tokenizer.is_dir():
-        pytest.skip(f"{tokenizer} is absent: the zero-shot head needs the real tokenizer files")
-    sys.path.insert(0, str(REPO / "tests"))
-    from test_datasets import fake_esc50
-
-    work = tmp_path / "project"
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, files):
-        if (REPO / name).is_file():
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, work / name)
-    audio = tmp_path / "esc50-fold4"
-    fake_esc50(audio, folds=(4,), per_class=4)  # cv.k=2 leaves 2 per class: a 1-shot draw and its validation draw
-    example = offline_example().replace("../shared/data/esc50-fold4", str(audio)).replace(
-        "../shared/data/roberta-base", str(tokenizer))
-    quick = [line.strip() for line in (REPO / "scripts" / "smoke_params.txt").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
-    command = example + "".join(f" -S {shlex.quote(q)}" for q in quick)
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    venv = work / ".venv" / "bin"
-    venv.mkdir(parents=True)
-    (venv / "activate").write_text(f"export PATH={Path(sys.executable).parent}:$PATH\n")
-
-    def sh(cmd: str) -> str:
-        done = subprocess.run(["bash", "-c", cmd], cwd=work, env=env, capture_output=True, text=True, timeout=1500)
-        assert done.returncode == 0, f"{cmd}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        return done.stdout
-
-    sh("git init -q && git add -A && git -c user.name=t -c user.email=t@localhost commit -qm snapshot")
-    sh(command)
-    shown = sh(". .venv/bin/activate && dvc metrics show")
+def test_offline_example_runs_end_to_end(offline_example, tmp_path):
+    """The README's offline `dvc exp run` (see tests/example_run.py), then its results pushed,
+    cloned and pulled."""
+    run = offline_example
+    shown = run.sh(". .venv/bin/activate && dvc metrics show")
     assert "random" in shown
-    assert (work / "metrics" / "comparison.md").is_file()
-    assert "esc50" in (work / "metrics" / "comparison.md").read_text()
+    assert (run.work / "metrics" / "comparison.md").is_file()
+    assert "esc50" in (run.work / "metrics" / "comparison.md").read_text()
 
     # artefacts travel: push to a remote, clone, pull, and the clone is up to date
     remote, clone = tmp_path / "remote", tmp_path / "clone"
-    sh(f"git add -A && git -c user.name=t -c user.email=t@localhost commit -qm results && "
-       f". .venv/bin/activate && dvc remote add -d store {remote} && dvc push -q")
-    subprocess.run(["git", "clone", "-q", str(work), str(clone)], check=True)
-    (clone / ".venv").symlink_to(venv.parent)
-    done = subprocess.run(["bash", "-c", f"cd {clone} && . .venv/bin/activate && dvc remote add -d store {remote} --local -f"
-                           " && dvc pull -q && dvc status"], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "up to date" in done.stdout, done.stdout
+    run.sh(f"git add -A && git -c user.name=t -c user.email=t@localhost commit -qm results && "
+           f". .venv/bin/activate && dvc remote add -d store {remote} && dvc push -q")
+    subprocess.run(["git", "clone", "-q", str(run.work), str(clone)], check=True)
+    (clone / ".venv").symlink_to(run.venv.parent)
+    out = run.sh(f". .venv/bin/activate && dvc remote add -d store {remote} --local -f && dvc pull -q && dvc status",
+                 cwd=clone, timeout=600)
+    assert "up to date" in out, out
 
 
 def test_sweep_table_reads_the_per_dataset_metrics_of_dvc_exp_show():
