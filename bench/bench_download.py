@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from residual_audio.datasets import list_clips  # noqa: E402
-from residual_audio.download import fetch_dataset  # noqa: E402
+from residual_audio.data.datasets import list_clips  # noqa: E402
+from residual_audio.data.fetch import fetch_dataset  # noqa: E402
 
 SHARED = Path(os.environ.get("RESIDUAL_AUDIO_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 SOURCE = SHARED / "data" / "esc50-fold4"

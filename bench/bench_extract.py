@@ -48,7 +48,7 @@ def shared_mels(model, n: int) -> np.ndarray | None:
     import soundfile as sf
     from scipy.signal import resample_poly
 
-    from residual_audio.clap import log_mel
+    from residual_audio.models.laion import log_mel
 
     clips = []
     for path in sorted(folder.glob("*.wav"))[:n]:
@@ -68,8 +68,8 @@ def sync(device):
 
 
 def throughput(args) -> dict:
-    from residual_audio.clap import audio_embedding_from_mel, build_model
-    from residual_audio.extract import HeadExtractor, resolve_device
+    from residual_audio.models.laion import audio_embedding_from_mel, build_model
+    from residual_audio.stages.extract import HeadExtractor, resolve_device
 
     device = resolve_device(args.device)
     model = build_model(args.variant)
@@ -120,8 +120,8 @@ def rss_child(args) -> None:
     """Extract `args.rss_child` random clips to a store; print peak RSS before and after."""
     import zarr
 
-    from residual_audio.clap import build_model, mel_fingerprint
-    from residual_audio.extract import extract
+    from residual_audio.models.laion import build_model, mel_fingerprint
+    from residual_audio.stages.extract import extract
 
     n = args.rss_child
     model = build_model(args.variant)

@@ -27,8 +27,10 @@ from scipy.spatial.distance import pdist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from residual_audio import audio, clap  # noqa: E402
-from residual_audio.datasets import list_clips, select  # noqa: E402
+from residual_audio.data import audio  # noqa: E402
+from residual_audio.data.datasets import list_clips, select  # noqa: E402
+from residual_audio.models import checkpoints
+from residual_audio.models import laion as clap
 
 
 def embed(model, front, clips, front_end: str, batch_size: int) -> dict[str, np.ndarray]:
@@ -65,8 +67,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "630k-audioset-best.pt"
         clap.save_checkpoint(clap.build_model("tiny", seed=0), path)
-        model = clap.load_model(path)
-        front = clap.MelFrontEnd.from_checkpoint(path)
+        model = checkpoints.load_model(path)
+        front = checkpoints.front_end(path)
     exact = embed(model, front, clips, "exact", args.batch_size)
     api = embed(model, front, clips, "laion_api", args.batch_size)
     n = len(clips)

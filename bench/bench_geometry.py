@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from residual_audio import geometry, intrinsic
+from residual_audio.analysis import geometry, intrinsic
 
 DEPTHS, HEADS, HEAD_DIM = (2, 2, 6, 2), (4, 8, 16, 32), 24
 

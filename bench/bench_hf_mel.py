@@ -26,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from residual_audio import audio, clap  # noqa: E402
+from residual_audio.data import audio  # noqa: E402
+from residual_audio.models import laion as clap
 
 
 def waveforms(data: Path, n: int) -> tuple[list[np.ndarray], str]:

@@ -39,13 +39,13 @@ N_VAL = 16
 
 def one(stage: int, granularity: str, n_fit: int, batch: int, micro: int, threads: int) -> dict:
     """Fit one fold in this process; returns timings and the peak RSS."""
-    from residual_audio.clap import build_model, logit_scale
-    from residual_audio.estimators import FoldData
-    from residual_audio.hooked import HookedHTSAT
-    from residual_audio.inject import ENTRY_KEY, ResidualInject
-    from residual_audio.protocol import Split
-    from residual_audio.residual import RECIPES
-    from residual_audio.zeroshot import TextSide, projection_weights
+    from residual_audio.evaluation.protocol import Split
+    from residual_audio.evaluation.zeroshot import TextSide, projection_weights
+    from residual_audio.methods import FoldData
+    from residual_audio.methods.residual.inject import ENTRY_KEY, ResidualInject
+    from residual_audio.methods.residual.maths import RECIPES
+    from residual_audio.models.hooked import HookedHTSAT
+    from residual_audio.models.laion import build_model, logit_scale
 
     warnings.simplefilter("ignore")
     torch.set_num_threads(threads)

@@ -21,8 +21,10 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from residual_audio import clap, preprocess  # noqa: E402
-from residual_audio.datasets import list_clips, select  # noqa: E402
+from residual_audio.data.datasets import list_clips, select  # noqa: E402
+from residual_audio.models import checkpoints
+from residual_audio.models import laion as clap  # noqa: E402
+from residual_audio.stages import preprocess
 
 
 def main() -> None:
@@ -38,7 +40,7 @@ def main() -> None:
 
     clips, classes = list_clips("esc50", args.data)
     clips = select(clips, args.clips, seed=0)
-    front = clap.MelFrontEnd.from_checkpoint("random")
+    front = checkpoints.front_end("random")
     print(f"torch threads: {torch.get_num_threads()}; RANDOM WEIGHTS (speed only)")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from residual_audio.clap import build_model, load_tokenizer
-from residual_audio.prompt_learning import BATCH, ContextPrompts, coop_epochs
+from residual_audio.methods.prompt_learning import BATCH, ContextPrompts, coop_epochs
+from residual_audio.models.laion import build_model, load_tokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -66,8 +66,8 @@ def main() -> None:
     padded = ContextPrompts(model, tok, classes, "This is a sound of {label}.")
     full = padded.token_embeds.new_zeros(len(classes), 77, 768)
     with torch.no_grad():
-        from residual_audio.clap import tokenize
-        from residual_audio.prompt_learning import position_ids
+        from residual_audio.methods.prompt_learning import position_ids
+        from residual_audio.models.laion import tokenize
 
         tokens = tokenize(tok, [f"This is a sound of {c.replace('_', ' ')}." for c in classes])
         full = model.text_branch.embeddings.word_embeddings(tokens["input_ids"])

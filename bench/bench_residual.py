@@ -17,11 +17,11 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from residual_audio.estimators import FoldData
-from residual_audio.protocol import make_splits
-from residual_audio.recipes import REGISTRY_RECIPES
-from residual_audio.residual import RECIPES
-from residual_audio.synthetic import in_memory_store, synthetic_world
+from residual_audio.data.synthetic import in_memory_store, synthetic_world
+from residual_audio.evaluation.protocol import make_splits
+from residual_audio.methods import FoldData
+from residual_audio.methods.residual.maths import RECIPES
+from residual_audio.methods.residual.recipes import REGISTRY_RECIPES
 
 
 def main() -> None:

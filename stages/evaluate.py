@@ -5,7 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from residual_audio.stage import main  # noqa: E402
+from residual_audio.core.runner import main  # noqa: E402
+from residual_audio.stages import evaluate  # noqa: E402
 
 if __name__ == "__main__":
-    main("evaluate")
+    main("evaluate", evaluate.run)

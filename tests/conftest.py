@@ -18,7 +18,7 @@ SHARED = Path(os.environ.get("RESIDUAL_AUDIO_SHARED", REPO.parent / "shared"))
 @pytest.fixture(scope="session")
 def model():
     """HTSAT-tiny CLAP with seeded random weights (built once per test run)."""
-    from residual_audio.clap import build_model
+    from residual_audio.models.laion import build_model
 
     return build_model("tiny", seed=0)
 
@@ -28,7 +28,7 @@ def official_checkpoint(model, tmp_path_factory) -> Path:
     """The seeded random model written once per test run in LAION's official training-checkpoint
     format (about 600 MB). Shared, read-only, by every test that needs a real `.pt` file: copy or
     hard-link it, never write into it. Hostile variants are small files of their own."""
-    from residual_audio.clap import save_checkpoint
+    from residual_audio.models.laion import save_checkpoint
 
     path = tmp_path_factory.mktemp("official") / "630k-audioset-best.pt"
     save_checkpoint(model, path)
@@ -46,7 +46,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(shared_data):
-    from residual_audio.clap import load_tokenizer
+    from residual_audio.models.laion import load_tokenizer
 
     return load_tokenizer(shared_data / "roberta-base")
 
@@ -66,7 +66,7 @@ def offline_example(tmp_path_factory):
 @pytest.fixture(scope="session")
 def base_model():
     """HTSAT-base CLAP with seeded random weights (built once per test run)."""
-    from residual_audio.clap import build_model
+    from residual_audio.models.laion import build_model
 
     return build_model("base", seed=0)
 

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from residual_audio.ablation import fisher_correlation, mean_ablation
-from residual_audio.protocol import make_splits
-from residual_audio.synthetic import in_memory_store, synthetic_world
-from residual_audio.zeroshot import build_text_side, topk_correct, zeroshot_logits
+from residual_audio.analysis.ablation import fisher_correlation, mean_ablation
+from residual_audio.data.synthetic import in_memory_store, synthetic_world
+from residual_audio.evaluation.protocol import make_splits
+from residual_audio.evaluation.zeroshot import build_text_side, topk_correct, zeroshot_logits
 
 
 def test_ablating_signal_heads_hurts_and_fisher_correlation_is_found():
@@ -40,7 +40,7 @@ def test_topk():
 def test_text_side_matches_laion_get_text_embedding(model, tokenizer):
     """The cached class vectors against LAION's own `CLAP.get_text_embedding` (templates averaged after
     normalisation), and the zero-shot logits against LAION's own audio projection."""
-    from residual_audio.clap import logit_scale
+    from residual_audio.models.laion import logit_scale
 
     classes = ["dog", "church_bells", "rain"]
     templates = ["This is a sound of {label}", "A recording of {label}."]

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from residual_audio.params import ParamError
-from residual_audio.synthetic import synthetic_store
-from residual_audio.zeroshot import save_text_side
+from residual_audio.core.params import ParamError
+from residual_audio.data.synthetic import synthetic_store
+from residual_audio.evaluation.zeroshot import save_text_side
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("train", "evaluate", "compare", "ablation")
@@ -46,7 +46,7 @@ def _project(tmp_path: Path) -> Path:
     (root / "data/models").mkdir(parents=True)
     (root / "data/models/manifest.json").write_text('{"weights": "random"}\n')
     # the geometry stage's per-head table, whose Fisher scores the ablation correlates with
-    from residual_audio.synthetic import head_rows
+    from residual_audio.data.synthetic import head_rows
 
     rows = [dict(dataset="folder", regime="pre", stage=s, block=b, head=h, fisher=float((7 * i) % 11))
             for i, (s, b, h) in enumerate(head_rows())]
@@ -118,7 +118,7 @@ def test_dvc_experiments_and_metrics_diff(tmp_path):
 
 
 def test_text_stage_needs_a_tokenizer(tmp_path, monkeypatch):
-    from residual_audio.experiment import text_stage
+    from residual_audio.stages.text import run as text_stage
 
     monkeypatch.chdir(tmp_path)
     params = {"datasets": ["folder"], "model": {"checkpoint": "random", "variant": "tiny", "tokenizer": None}}
@@ -128,7 +128,7 @@ def test_text_stage_needs_a_tokenizer(tmp_path, monkeypatch):
 
 
 def test_inject_layers_and_methods_are_checked_before_any_work(tmp_path, monkeypatch):
-    from residual_audio.experiment import train_stage
+    from residual_audio.stages.train import run as train_stage
 
     monkeypatch.chdir(tmp_path)
     params = yaml.safe_load((REPO / "params.yaml").read_text())

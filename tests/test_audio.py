@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from residual_audio import audio
+from residual_audio.data import audio
 
 
 def tone(sr: int, seconds: float, freq: float = 1000.0, channels: int = 1) -> np.ndarray:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from residual_audio import clap
+from residual_audio.models import checkpoints
+from residual_audio.models import laion as clap
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_official_format_round_trip(model, official_checkpoint, tmp_path, wavefo
     assert (f"module.{clap.POSITION_IDS_KEY}" in raw["state_dict"]) == with_position_ids
     assert isinstance(raw["epoch"], np.integer)
 
-    loaded = clap.load_model(path)
+    loaded = checkpoints.load_model(path)
     assert loaded.weights == "pretrained" and loaded.variant == "tiny"
     mine, theirs = model.state_dict(), loaded.state_dict()
     assert mine.keys() == theirs.keys()
@@ -69,7 +70,7 @@ def test_official_format_round_trip(model, official_checkpoint, tmp_path, wavefo
 def test_variant_is_read_from_projection_shape(official_checkpoint):
     path = official_checkpoint
     with pytest.raises(clap.CheckpointError, match="HTSAT-tiny weights but HTSAT-base"):
-        clap.load_model(path, variant="base")
+        checkpoints.load_model(path, variant="base")
     state = clap.read_checkpoint(path)
     assert clap.variant_of(state) == "tiny"
     state["audio_projection.0.weight"] = torch.zeros(512, 1024)
@@ -79,17 +80,17 @@ def test_variant_is_read_from_projection_shape(official_checkpoint):
 def test_bad_checkpoints_are_refused_by_name(model, tmp_path):
     missing = tmp_path / "nope.pt"
     with pytest.raises(clap.CheckpointError, match="nope.pt: checkpoint file not found"):
-        clap.load_model(missing)
+        checkpoints.load_model(missing)
 
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint at all")
     with pytest.raises(clap.CheckpointError, match="garbage.pt: not a readable PyTorch checkpoint"):
-        clap.load_model(garbage)
+        checkpoints.load_model(garbage)
 
     other = tmp_path / "resnet.pt"
     torch.save({"state_dict": {"module.conv1.weight": torch.zeros(3)}}, other)
     with pytest.raises(clap.CheckpointError, match="resnet.pt: .*not a LAION-CLAP checkpoint"):
-        clap.load_model(other)
+        checkpoints.load_model(other)
 
     # the audio side only (the text branch is most of a full file's 600 MB): these are refused on
     # their audio keys, before the text branch would matter
@@ -97,13 +98,13 @@ def test_bad_checkpoints_are_refused_by_name(model, tmp_path):
     fusion = tmp_path / "630k-fusion-best.pt"
     torch.save({"state_dict": {**audio, "module.audio_branch.fusion_model.local_att.0.weight": torch.zeros(1)}}, fusion)
     with pytest.raises(clap.CheckpointError, match="fusion checkpoint"):
-        clap.load_model(fusion)
+        checkpoints.load_model(fusion)
 
     truncated = tmp_path / "truncated.pt"
     state = {k: v for k, v in audio.items() if "layers.3" not in k}
     torch.save({"state_dict": state}, truncated)
     with pytest.raises(clap.CheckpointError, match="truncated.pt: weights do not match"):
-        clap.load_model(truncated)
+        checkpoints.load_model(truncated)
 
 
 def test_audio_embedding_equals_laion_get_audio_embedding(model, waveforms):
@@ -132,10 +133,10 @@ def test_forward_from_mel_refuses_train_mode(model, waveforms):
 
 
 def test_mel_front_end_matches_model_and_checkpoint(model, official_checkpoint, waveforms):
-    front = clap.MelFrontEnd.from_checkpoint("random")
+    front = checkpoints.front_end("random")
     assert torch.equal(front(waveforms), clap.log_mel(model, waveforms))
     assert front.fingerprint() == clap.mel_fingerprint(model)
-    assert clap.MelFrontEnd.from_checkpoint(official_checkpoint).fingerprint() == front.fingerprint()
+    assert checkpoints.front_end(official_checkpoint).fingerprint() == front.fingerprint()
 
 
 def test_text_embedding_equals_laion_get_text_embedding(model):

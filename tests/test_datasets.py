@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from residual_audio.datasets import DATASETS, Clip, DatasetError, list_clips, select
+from residual_audio.data.datasets import DATASETS, Clip, DatasetError, list_clips, select
 
 
 def write_wav(path: Path, seed: int = 0) -> Path:

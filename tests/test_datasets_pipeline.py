@@ -22,8 +22,8 @@ STAGES = ("train", "evaluate", "compare", "geometry")
 def _store(root: Path, name: str, seed: int) -> None:
     import zarr
 
-    from residual_audio.synthetic import synthetic_store
-    from residual_audio.zeroshot import save_text_side
+    from residual_audio.data.synthetic import synthetic_store
+    from residual_audio.evaluation.zeroshot import save_text_side
 
     text, _ = synthetic_store(root / f"data/heads/{name}.zarr", n_per_class=4, n_classes=5, seed=seed)
     zarr.open_group(str(root / f"data/heads/{name}.zarr"), mode="a").attrs["dataset"] = name

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from residual_audio.clap import Architecture, log_mel
-from residual_audio.decompose import DirectDecomposition, pooled_head_outputs, relative_error, unit_names
-from residual_audio.hooked import HookedHTSAT
+from residual_audio.models.decompose import DirectDecomposition, pooled_head_outputs, relative_error, unit_names
+from residual_audio.models.hooked import HookedHTSAT
+from residual_audio.models.laion import Architecture, log_mel
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,25 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from residual_audio.datasets import DatasetError, list_clips
-from residual_audio.download import DownloadError, fetch_dataset, fetch_model, run
-from residual_audio.params import ParamError
-
 from test_datasets import fake_esc50, fake_tinysol
 
+from residual_audio.core.io import RUNS_DIR, transaction
+from residual_audio.core.params import ParamError
+from residual_audio.data.datasets import DatasetError, list_clips
+from residual_audio.data.fetch import DownloadError, fetch_dataset, fetch_model
+from residual_audio.stages import download as download_stage
+from residual_audio.stages import model as model_stage
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def run(params: dict, name: str, workdir=".") -> dict:
+    """Dataset `name` and the model files, as the `download` and `model` stages fetch them, in one
+    transaction (a failing model fetch leaves the dataset unwritten too)."""
+    workdir = Path(workdir)
+    with transaction("download", workdir / RUNS_DIR):
+        return {"data": download_stage.run(params, name, workdir), "model": model_stage.run(params, workdir)}
+
 
 
 def sha256(path: Path) -> str:
@@ -378,7 +389,7 @@ def test_run_resolves_relative_paths_against_the_project(esc_tree, tmp_path):
 
 
 def test_official_checkpoint_name_stands_for_its_url(esc_tree, tmp_path, monkeypatch):
-    import residual_audio.download as download
+    from residual_audio.data import fetch as download
 
     params = stage_params(str(esc_tree))
     params["model"]["checkpoint"] = "630k-audioset-best.pt"
@@ -445,8 +456,8 @@ def test_params_and_dvc_stage_agree():
     """Every param the stage declares exists in params.yaml, and the defaults are the official sources."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    from residual_audio.download import OFFICIAL_SOURCES, TOKENIZER_BASE_URL
-    from residual_audio.params import get
+    from residual_audio.core.params import get
+    from residual_audio.data.fetch import OFFICIAL_SOURCES, TOKENIZER_BASE_URL
 
     for name in params["datasets"]:
         for key in stages["download"]["do"]["params"]:
@@ -499,8 +510,8 @@ def test_dvc_repro_skips_the_fetch_when_only_limit_changes(esc_tree, tmp_path):
 
 def test_offline_failure_names_the_source_and_the_way_out(esc_tree, tmp_path, monkeypatch):
     """No network: the stage says which source failed and how to point it at a local copy or `random`."""
-    import residual_audio.download as download
-    from residual_audio.download import NetworkError, run_dataset, run_model
+    from residual_audio.data import fetch as download
+    from residual_audio.data.fetch import NetworkError
 
     def offline(url, dest, sha256=None, timeout=60):
         raise NetworkError(f"{url}: download failed (Name or service not known)")
@@ -508,8 +519,8 @@ def test_offline_failure_names_the_source_and_the_way_out(esc_tree, tmp_path, mo
     monkeypatch.setattr(download, "download_url", offline)
     params = stage_params("https://example.invalid/ESC-50.zip")
     with pytest.raises(NetworkError, match=r"data\.esc50\.source: .*Name or service not known.*local copy.*-S data\.esc50\.source="):
-        run_dataset(params, "esc50", tmp_path)
+        download_stage.run(params, "esc50", tmp_path)
     params["model"]["checkpoint"] = "630k-audioset-best.pt"
     with pytest.raises(NetworkError, match=r"model\.checkpoint: .*model\.checkpoint=random"):
-        run_model(params, tmp_path)
+        model_stage.run(params, tmp_path)
     assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()]  # nothing written

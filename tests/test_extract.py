@@ -9,11 +9,11 @@ import pytest
 import torch
 import zarr
 
-import residual_audio.extract as ex
-from residual_audio.clap import audio_embedding_from_mel, log_mel, mel_fingerprint
-from residual_audio.decompose import relative_error
-from residual_audio.hooked import HookedHTSAT
-from residual_audio.params import ParamError
+from residual_audio.core.params import ParamError
+from residual_audio.models.decompose import relative_error
+from residual_audio.models.hooked import HookedHTSAT
+from residual_audio.models.laion import audio_embedding_from_mel, log_mel, mel_fingerprint
+from residual_audio.stages import extract as ex
 
 N = 5
 CLASSES = ["dog", "rain", "siren"]

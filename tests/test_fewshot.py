@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from residual_audio.fewshot import class_permutations, draw, feasible_shots, fewshot_dataset
-from residual_audio.params import ParamError
-from residual_audio.protocol import make_splits
-from residual_audio.synthetic import synthetic_store
-from residual_audio.zeroshot import save_text_side, zeroshot_logits
+from residual_audio.core.params import ParamError
+from residual_audio.data.synthetic import synthetic_store
+from residual_audio.evaluation.protocol import make_splits
+from residual_audio.evaluation.zeroshot import save_text_side, zeroshot_logits
+from residual_audio.stages.fewshot import class_permutations, draw, feasible_shots, fewshot_dataset
 
 
 def labels_and_splits(n_per_class=8, n_classes=5, k=2):
@@ -81,8 +81,8 @@ def params(**fewshot):
 
 
 def test_fewshot_stage_end_to_end(project):
-    from residual_audio.units import read_units
-    from residual_audio.zeroshot import load_text_side
+    from residual_audio.data.units import read_units
+    from residual_audio.evaluation.zeroshot import load_text_side
 
     store = read_units(project / "data/heads/syn.zarr")
     text = load_text_side(project / "data/text/syn.npz")
@@ -149,7 +149,7 @@ def test_fewshot_stage_bad_params_write_nothing(project):
 @pytest.mark.slow
 def test_fewshot_stage_with_prompt_learning(project, model, tokenizer, shared_data):
     """Prompt learning gets the model's text encoder and tokenizer from data/models."""
-    from residual_audio.zeroshot import build_text_side, load_text_side
+    from residual_audio.evaluation.zeroshot import build_text_side, load_text_side
 
     text = load_text_side(project / "data/text/syn.npz")
     save_text_side(project / "data/text/syn.npz", build_text_side(model, tokenizer, text.classes, text.templates))
@@ -163,6 +163,26 @@ def test_fewshot_stage_with_prompt_learning(project, model, tokenizer, shared_da
     assert set(runs.params) == {5 * 768}
 
 
+@pytest.mark.shared
+@pytest.mark.slow
+def test_train_runs_prompt_learning_with_the_text_encoder_it_needs(project, model, tokenizer, shared_data):
+    """`train` meets every listed method's needs the way `fewshot` does: prompt learning gets the
+    text encoder and the tokenizer, built before any method runs."""
+    from residual_audio.evaluation.results import load_results
+    from residual_audio.evaluation.zeroshot import build_text_side, load_text_side
+    from residual_audio.stages.train import train_dataset
+
+    text = load_text_side(project / "data/text/syn.npz")
+    save_text_side(project / "data/text/syn.npz", build_text_side(model, tokenizer, text.classes, text.templates))
+    shutil.copytree(shared_data / "roberta-base", project / "data/models/tokenizer")
+    (project / "data/models/manifest.json").write_text(json.dumps({"weights": "random"}))
+    p = {"seed": 0, "cv": {"scheme": "stratified", "k": 2}, "methods": ["zeroshot", "prompt_learning"], "live": False,
+         "prompt_learning": {"epochs": 1}}
+    train_dataset(p, "syn")
+    res = load_results(project / "data/results/syn/prompt_learning.npz")
+    assert list(res["folds"]) == ["fold0", "fold1"] and list(res["params"]) == [5 * 768, 5 * 768]
+
+
 class Recorder:
     """Registered for one test: zero-shot logits, and a record of what each fit was given."""
 
@@ -171,7 +191,7 @@ class Recorder:
 
 @pytest.fixture
 def extra_methods():
-    from residual_audio.estimators import REGISTRY, Estimator, register
+    from residual_audio.methods import REGISTRY, Estimator, register
 
     class ZeroShotRecorder(Estimator):
         name = "test_recorder"
@@ -214,7 +234,7 @@ def test_any_registered_method_runs_and_inject_methods_only_when_asked(project, 
     ref = curves[curves.method == "zeroshot_reference"].accuracy_mean.item()
     assert metrics["accuracy"]["test_recorder"]["1"]["mean"] == pytest.approx(ref)
     # asked for, an encoder method gets the hooked encoder and the mel store, which this project lacks: named
-    from residual_audio.extract import MelStoreError
+    from residual_audio.stages.extract import MelStoreError
 
     p["fewshot"]["inject"] = True
     with pytest.raises(MelStoreError, match="data/mel/syn.zarr"):

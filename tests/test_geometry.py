@@ -12,8 +12,10 @@ import zarr
 from scipy import stats
 from synthetic_heads import write_heads_store
 
-from residual_audio import geometry, geometry_figures, intrinsic
-from residual_audio.params import ParamError
+from residual_audio.analysis import figures as geometry_figures
+from residual_audio.analysis import geometry, intrinsic
+from residual_audio.core.params import ParamError
+from residual_audio.stages import geometry as geometry_stage
 
 
 @pytest.fixture(scope="module")
@@ -222,9 +224,9 @@ def test_store_errors_name_the_file_and_key(tmp_path):
 def test_params_are_validated_with_the_key_named(stores):
     root, *_ = stores
     good = {"datasets": ["esc50"], "geometry": {"regimes": ["pre"], "mle_k": 10, "twonn_discard": 0.1}}
-    config = geometry.config_from_params(good, root)
+    config = geometry_stage.config_from_params(good, root)
     assert config["store_paths"] == [root / "esc50.zarr"] and config["regimes"] == ["pre"]
-    both = geometry.config_from_params({**good, "datasets": ["esc50", "tinysol"]}, root)
+    both = geometry_stage.config_from_params({**good, "datasets": ["esc50", "tinysol"]}, root)
     assert both["store_paths"] == [root / "esc50.zarr", root / "tinysol.zarr"]
     bad = [
         ({"datasets": ["esc50", "vocalsound"]}, r"'datasets' names 'vocalsound'.*vocalsound\.zarr"),
@@ -241,9 +243,9 @@ def test_params_are_validated_with_the_key_named(stores):
         params = {**good, **change}
         params["geometry"] = {**good["geometry"], **change.get("geometry", {})}
         with pytest.raises(ParamError, match=message):
-            geometry.config_from_params(params, root)
+            geometry_stage.config_from_params(params, root)
     with pytest.raises(ParamError, match="'datasets'"):
-        geometry.config_from_params({"other": {}}, root)
+        geometry_stage.config_from_params({"other": {}}, root)
 
 
 def test_stage_entry_point_runs_from_params_yaml(stores, tmp_path, monkeypatch):

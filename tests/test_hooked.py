@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from residual_audio.clap import audio_embedding_from_mel, log_mel
-from residual_audio.hooked import HookedHTSAT
+from residual_audio.models.hooked import HookedHTSAT
+from residual_audio.models.laion import audio_embedding_from_mel, log_mel
 
 
 @pytest.fixture(scope="module")

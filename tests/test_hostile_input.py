@@ -25,16 +25,17 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-
-from residual_audio import io as rio
-from residual_audio.audio import AudioError, decode, prepare
-from residual_audio.clap import CheckpointError, MelFrontEnd, load_model, read_checkpoint, save_checkpoint
-from residual_audio.datasets import DatasetError, list_clips, read_folder
-from residual_audio.download import DownloadError, fetch_dataset, fetch_model, run as download
-from residual_audio.params import ParamError, load_params
-from residual_audio.schema import SCHEMA, validate
-
 from test_datasets import fake_esc50, write_wav
+from test_download import run as download
+
+from residual_audio.core import io as rio
+from residual_audio.core.params import ParamError, load_params
+from residual_audio.core.schema import SCHEMA, validate
+from residual_audio.data.audio import AudioError, decode, prepare
+from residual_audio.data.datasets import DatasetError, list_clips, read_folder
+from residual_audio.data.fetch import DownloadError, fetch_dataset, fetch_model
+from residual_audio.models.checkpoints import front_end, load_model
+from residual_audio.models.laion import CheckpointError, MelFrontEnd, read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,7 +96,7 @@ def test_local_payload_is_refused_naming_file_and_type(tmp_path, legacy):
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": {"module.audio_projection.0.weight": torch.zeros(2, 2)}, "x": Payload(marker)}, path,
                _use_new_zipfile_serialization=not legacy)
-    for load in (read_checkpoint, load_model, MelFrontEnd.from_checkpoint):
+    for load in (read_checkpoint, load_model, front_end):
         with pytest.raises(CheckpointError) as err:
             load(path)
         assert str(path) in str(err.value) and "'exec'" in str(err.value)
@@ -148,7 +149,7 @@ def test_payload_over_http_is_refused_before_anything_is_written(model, tmp_path
 
 
 def test_checkpoint_sha256_is_recorded_and_published_hashes_are_checked(official, tmp_path, http_dir, monkeypatch):
-    import residual_audio.download as dl
+    from residual_audio.data import fetch as dl
 
     manifest = fetch_model(str(official), None, tmp_path / "models")
     assert manifest["checkpoint_sha256"] == sha256(official)
@@ -350,7 +351,7 @@ def test_every_key_of_params_yaml_is_in_the_schema():
 
 
 def test_regimes_empty_is_refused_by_the_extract_stage_too():
-    from residual_audio.extract import check_regimes
+    from residual_audio.stages.extract import check_regimes
 
     with pytest.raises(ParamError, match="extract.regimes.*non-empty"):
         check_regimes([])
@@ -362,7 +363,7 @@ def stage_env() -> dict:
 
 def test_every_stage_script_checks_the_whole_params_file(tmp_path):
     scripts = sorted((REPO / "stages").glob("*.py"))
-    assert scripts and all("main(" in s.read_text() and "residual_audio.stage import main" in s.read_text() for s in scripts)
+    assert scripts and all("main(" in s.read_text() and "residual_audio.core.runner import main" in s.read_text() for s in scripts)
     params = repo_params()
     params["train"]["max_epoch"] = 3  # a key no stage but train reads
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -420,7 +421,7 @@ def test_too_short_clip_is_refused_not_tiled(tmp_path):
 
 
 def test_audio_errors_name_the_users_original_file(tmp_path):
-    from residual_audio.preprocess import run as preprocess
+    from residual_audio.stages.preprocess import run as preprocess
 
     src = folder_source(tmp_path / "my recordings")
     x = np.random.default_rng(0).uniform(-0.5, 0.5, 4800).astype(np.float32)
@@ -451,9 +452,9 @@ def test_dataset_errors_at_download_name_the_source_not_a_temporary_folder(tmp_p
 TOY_STAGE = textwrap.dedent("""
     import resource, signal, sys, time
     from pathlib import Path
-    from residual_audio.datasets import DatasetError
-    from residual_audio.io import atomic_path
-    from residual_audio.stage import main
+    from residual_audio.data.datasets import DatasetError
+    from residual_audio.core.io import atomic_path
+    from residual_audio.core.runner import main
 
     mode = sys.argv[1]
 

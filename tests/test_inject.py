@@ -3,28 +3,51 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-
-from residual_audio import alignment as al
-from residual_audio.decompose import head_rows
-from residual_audio.extract import HeadExtractor, MelStoreError
-from residual_audio.hooked import HookedHTSAT
-from residual_audio.inject import FromCache, InjectResiDual, entry_inputs, head_name, restrict
-from residual_audio.params import ParamError
-from residual_audio.protocol import Split
-from residual_audio.residual import fit_bases, rd
-from residual_audio.training import TrainConfig, evaluate, train
-from residual_audio.zeroshot import FrozenHead, zeroshot_logits
+from conftest import REPO
 from tiny_project import noise_mel, text_side, write_project_data
 
-from conftest import REPO
+from residual_audio.core.params import ParamError
+from residual_audio.evaluation import results as al
+from residual_audio.evaluation.protocol import Split
+from residual_audio.evaluation.results import FoldResult
+from residual_audio.evaluation.zeroshot import FrozenHead, TextSide, zeroshot_logits
+from residual_audio.methods.residual.inject import FromCache, InjectResiDual, entry_inputs, head_name, restrict
+from residual_audio.methods.residual.maths import UnitBases, fit_bases
+from residual_audio.methods.training import TrainConfig, evaluate, train, trainable_count
+from residual_audio.models.decompose import head_rows
+from residual_audio.models.hooked import HookedHTSAT
+from residual_audio.stages.extract import HeadExtractor, MelStoreError
 
 N = 8
+
+
+def run_inject_residual(cache: torch.Tensor, labels: np.ndarray, split: Split, text: TextSide, bases: UnitBases,
+                        hooked, stages, cfg: TrainConfig, beyond: str = "keep") -> FoldResult:
+    """(Test helper) inject-mode ResiDual: λ on the heads of `stages`, trained through the frozen encoder's forward.
+
+    `cache` [N, ...] holds, for every clip of the store, what the forward starts from (see
+    `inject.entry_inputs`); evaluation passes use `train.batch_size` clips, like training.
+    """
+    device = next(hooked.model.parameters()).device
+    inner = InjectResiDual(hooked, FrozenHead(text), bases, stages, beyond).to(device)
+    model = FromCache(inner, cache)
+    cfg = replace(cfg, eval_batch=cfg.batch_size, batch_progress=True)
+    idx = {k: (torch.from_numpy(np.asarray(v, dtype=np.int64)),) for k, v in
+           (("train", split.train), ("val", split.val), ("test", split.test))}
+    history, lr = train(model, idx["train"], labels[split.train], idx["val"], labels[split.val], cfg,
+                        desc=f"residual {split.name}")
+    _, _, logits = evaluate(model, idx["test"], torch.from_numpy(labels[split.test]), cfg.eval_batch)
+    lam = inner.lam.detach().cpu().numpy().copy()
+    return FoldResult("residual", split.name, split.test, logits.numpy(), trainable_count(model), history,
+                      {"lam": lam, "owner": inner.bases.owner, "explained": inner.bases.explained, "lr": lr})
+
 
 
 @pytest.fixture(scope="module")
@@ -160,11 +183,11 @@ def test_fold_runner_trains_on_the_fold_and_reports_test_logits(hooked, data):
     split = Split("fold0", np.arange(0, 5), np.arange(5, 6), np.arange(6, 8))
     cache = entry_inputs(hooked, data["mel"].numpy(), 3, 4, "cpu")
     cfg = TrainConfig(max_epochs=0, batch_size=3)
-    zero = al.run_inject_residual(cache, data["label"], split, data["text"], data["bases"], hooked, [3], cfg)
+    zero = run_inject_residual(cache, data["label"], split, data["text"], data["bases"], hooked, [3], cfg)
     reference = zeroshot_logits(data["embedding"].numpy()[split.test], data["text"])
     np.testing.assert_allclose(zero.logits, reference, atol=1e-5, rtol=1e-5)  # test batches differ from the reference's
     assert zero.params == len(zero.extra["lam"]) == len(restrict(data["bases"], [3]).owner)
-    trained = al.run_inject_residual(cache, data["label"], split, data["text"], data["bases"], hooked, [3],
+    trained = run_inject_residual(cache, data["label"], split, data["text"], data["bases"], hooked, [3],
                                      TrainConfig(max_epochs=2, lr=0.05, batch_size=3))
     assert trained.logits.shape == (2, 2) and np.isfinite(trained.logits).all()
     assert [r["epoch"] for r in trained.history][:2] == [0, 1]
@@ -194,13 +217,13 @@ def _params(**recipe):
 
 @pytest.mark.slow
 def test_stages_end_to_end_in_inject_mode(model, tmp_path, monkeypatch):
-    import residual_audio.clap as clap
-    from residual_audio.experiment import train_stage
-    from residual_audio.report import evaluate_stage
+    from residual_audio.stages import common
+    from residual_audio.stages.evaluate import run as evaluate_stage
+    from residual_audio.stages.train import run as train_stage
 
     write_project_data(tmp_path, model, dataset="folder")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(clap, "load_model", lambda checkpoint, variant=None: model)  # the same seeded weights, built once
+    monkeypatch.setattr(common, "load_model", lambda checkpoint, variant=None: model)  # the same seeded weights, built once
     params = _params()
     train_stage(params, "folder")
     evaluate_stage(params, "folder")
@@ -229,7 +252,7 @@ def test_stages_end_to_end_in_inject_mode(model, tmp_path, monkeypatch):
 
 
 def test_inject_params_are_checked(tmp_path, monkeypatch):
-    from residual_audio.experiment import train_stage
+    from residual_audio.stages.train import run as train_stage
 
     monkeypatch.chdir(tmp_path)
     for key, value, message in [("residual.granularity", "block", "residual.granularity"), ("train.device", "tpu", "train.device"),
@@ -257,7 +280,7 @@ def test_cuda_gives_the_cpu_results(model, hooked, data):
     for h, device in ((hooked, "cpu"), (on_gpu, "cuda")):
         cache = entry_inputs(h, data["mel"].numpy(), 2, 4, device)
         assert cache.device.type == "cpu"
-        runs.append(al.run_inject_residual(cache, data["label"], split, data["text"], data["bases"], h, [2, 3], cfg))
+        runs.append(run_inject_residual(cache, data["label"], split, data["text"], data["bases"], h, [2, 3], cfg))
     cpu, gpu = runs
     np.testing.assert_allclose(gpu.logits, cpu.logits, atol=1e-3, rtol=1e-3)
     np.testing.assert_allclose(gpu.extra["lam"], cpu.extra["lam"], atol=1e-3)
@@ -265,7 +288,7 @@ def test_cuda_gives_the_cpu_results(model, hooked, data):
 
 
 def test_learning_rate_range_test_leaves_the_model_as_it_was(hooked, data):
-    from residual_audio.training import lr_range_test
+    from residual_audio.methods.training import lr_range_test
 
     inner = InjectResiDual(hooked, FrozenHead(data["text"]), data["bases"], [3])
     wrapped = FromCache(inner, entry_inputs(hooked, data["mel"].numpy(), 3, 4, "cpu"))

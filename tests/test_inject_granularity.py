@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 from sklearn.decomposition import PCA
-
-from residual_audio.clap import audio_embedding_from_mel
-from residual_audio.estimators import FoldData, build
-from residual_audio.hooked import HookedHTSAT
-from residual_audio.inject import ResidualInject
-from residual_audio.params import ParamError
-from residual_audio.protocol import Split
-from residual_audio.residual import RECIPES
-from residual_audio.zeroshot import zeroshot_logits
 from tiny_project import CLASSES, noise_mel, text_side
+
+from residual_audio.core.params import ParamError
+from residual_audio.evaluation.protocol import Split
+from residual_audio.evaluation.zeroshot import zeroshot_logits
+from residual_audio.methods import FoldData, build
+from residual_audio.methods.residual.inject import ResidualInject
+from residual_audio.methods.residual.maths import RECIPES
+from residual_audio.models.hooked import HookedHTSAT
+from residual_audio.models.laion import audio_embedding_from_mel
 
 N = 6
 SPLIT = Split("fold0", np.arange(0, 4), np.arange(4, 5), np.arange(5, 6))
@@ -234,7 +234,6 @@ def test_selection_keeps_the_best_validation_lambda(hooked, clips):
 
 def test_params_are_read_and_checked(tmp_path):
     import yaml
-
     from conftest import REPO
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_swiss_roll
 
-from residual_audio import intrinsic
+from residual_audio.analysis import intrinsic
 
 N = 1500
 

@@ -9,7 +9,10 @@ import soundfile as sf
 import torch
 import zarr
 
-from residual_audio import audio, clap, datasets, extract, preprocess
+from residual_audio.data import audio, datasets
+from residual_audio.models import checkpoints
+from residual_audio.models import laion as clap
+from residual_audio.stages import extract, preprocess
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +47,12 @@ def laion_api(checkpoint):
 
 def _store_embeddings(paths, checkpoint, tmp_path, front_end, crop="start"):
     clips = [datasets.Clip(clip_id=f"{i:02d}", path=p, label=0, label_name="x", fold=0) for i, p in enumerate(paths)]
-    front = clap.MelFrontEnd.from_checkpoint(checkpoint)
+    front = checkpoints.front_end(checkpoint)
     mel = tmp_path / f"{front_end}.zarr"
     preprocess.preprocess(clips, ["x"], front, mel, tmp_path / f"{front_end}.csv", dataset="folder",
                           weights="pretrained", crop=crop, front_end=front_end, progress=False)
     heads = tmp_path / f"{front_end}-heads.zarr"
-    extract.extract(clap.load_model(checkpoint), mel, heads, batch_size=4, device="cpu", regimes=["pre"])
+    extract.extract(checkpoints.load_model(checkpoint), mel, heads, batch_size=4, device="cpu", regimes=["pre"])
     group = zarr.open_group(mel, mode="r")
     assert group.attrs["front_end"] == front_end
     return zarr.open_group(heads, mode="r")["audio_embed"][:]
@@ -99,7 +102,7 @@ def test_real_clips_match_laions_api_and_exact_differs(laion_api, checkpoint, sh
 
 
 def test_front_end_param_is_validated(tmp_path):
-    from residual_audio.params import ParamError
+    from residual_audio.core.params import ParamError
 
     with pytest.raises(ParamError, match="'preprocess.front_end' must be one of exact, laion_api"):
         preprocess.run({"datasets": ["esc50"], "preprocess": {"front_end": "librosa"}}, "esc50", tmp_path)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from residual_audio.estimators import FoldData, build
-from residual_audio.peers import TipAdapter, TipAdapterF
-from residual_audio.protocol import Split, make_splits
-from residual_audio.synthetic import in_memory_store, synthetic_world
-from residual_audio.zeroshot import zeroshot_logits
+from residual_audio.data.synthetic import in_memory_store, synthetic_world
+from residual_audio.evaluation.protocol import Split, make_splits
+from residual_audio.evaluation.zeroshot import zeroshot_logits
+from residual_audio.methods import FoldData, build
+from residual_audio.methods.tip_adapter import TipAdapter, TipAdapterF
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_tip_adapter_f_trains_the_keys_only(world):
 
 
 def test_from_params_validates_the_grid(world):
-    from residual_audio.params import ParamError
+    from residual_audio.core.params import ParamError
 
     with pytest.raises(ParamError, match="tip_adapter.alpha"):
         build("tip_adapter", {"tip_adapter": {"alpha": []}})
@@ -124,8 +124,8 @@ def test_from_params_validates_the_grid(world):
 
 @pytest.fixture(scope="module")
 def prompt_world(model, tokenizer):
-    from residual_audio.clap import PROMPT
-    from residual_audio.zeroshot import build_text_side
+    from residual_audio.evaluation.zeroshot import build_text_side
+    from residual_audio.models.laion import PROMPT
 
     arrays, attrs, _, _ = synthetic_world(n_per_class=4, n_classes=5, seed=5)
     classes = ["dog", "chirping_birds", "vacuum cleaner", "church bells", "rain"]
@@ -138,7 +138,7 @@ def prompt_world(model, tokenizer):
 
 @pytest.mark.shared
 def test_untrained_prompts_equal_the_zeroshot_text_vectors(model, tokenizer, prompt_world):
-    from residual_audio.clap import PROMPT, tokenize
+    from residual_audio.models.laion import PROMPT, tokenize
 
     store, text, split = prompt_world
     data = FoldData(store, text, split, context={"model": model, "tokenizer": tokenizer})
@@ -171,7 +171,7 @@ def test_prompt_learning_trains_only_the_context(model, tokenizer, prompt_world)
 
 
 def test_coop_epochs():
-    from residual_audio.prompt_learning import PromptLearning, coop_epochs
+    from residual_audio.methods.prompt_learning import PromptLearning, coop_epochs
 
     assert [coop_epochs(k) for k in (1, 2, 4, 8, 16)] == [50, 100, 100, 200, 200]
     assert PromptLearning()._epochs(np.array([0, 0, 1, 1])) == 100

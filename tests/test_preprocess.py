@@ -11,8 +11,11 @@ import soundfile as sf
 import torch
 import zarr
 
-from residual_audio import audio, clap, preprocess
-from residual_audio.datasets import list_clips
+from residual_audio.data import audio
+from residual_audio.data.datasets import list_clips
+from residual_audio.models import checkpoints
+from residual_audio.models import laion as clap
+from residual_audio.stages import preprocess
 
 
 def write_folder_dataset(root: Path, per_class: int = 3, rates=(44100, 16000, 22050)) -> Path:
@@ -37,7 +40,7 @@ def tree_digest(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def front():
-    return clap.MelFrontEnd.from_checkpoint("random")
+    return checkpoints.front_end("random")
 
 
 def run(tmp_path, clips, classes, front, name="store"):
@@ -115,7 +118,7 @@ def test_empty_dataset_is_an_error(tmp_path, front):
 
 @pytest.mark.shared
 def test_real_esc50_subset(tmp_path, shared_data, front):
-    from residual_audio.datasets import select
+    from residual_audio.data.datasets import select
 
     clips, classes = list_clips("esc50", shared_data / "esc50-fold4")
     assert len(clips) == 400 and len(classes) == 50

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +53,7 @@ def test_every_command_names_files_and_entry_points_that_exist(page):
         for flag, value in zip(words, words[1:]):
             if flag == "-S":
                 key = value.split("=", 1)[0].strip("'\"")
-                from residual_audio.params import get, load_params
+                from residual_audio.core.params import load_params
 
                 root = key.split(".")[0]
                 assert root in load_params(REPO / "params.yaml"), f"README sets unknown param {key}"

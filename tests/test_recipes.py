@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
-from residual_audio import alignment as al
-from residual_audio.params import ParamError
-from residual_audio.synthetic import synthetic_store
-from residual_audio.units import read_units
-from residual_audio.zeroshot import load_text_side, save_text_side
+from residual_audio.core.params import ParamError
+from residual_audio.data.synthetic import synthetic_store
+from residual_audio.data.units import read_units
+from residual_audio.evaluation import results as al
+from residual_audio.evaluation.zeroshot import load_text_side, save_text_side
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE_METHODS = ("residual_coarse", "residual_fine", "residual_full", "residual_identity", "residual_fine_unlabelled")
@@ -42,10 +42,10 @@ def project(tmp_path_factory):
 
 
 def _run(project: Path, monkeypatch, params: dict, out: str) -> dict:
-    from residual_audio.experiment import train_dataset
+    from residual_audio.stages.train import train_dataset
 
     monkeypatch.chdir(project)
-    monkeypatch.setattr("residual_audio.experiment.RESULTS_DIR", Path(out))
+    monkeypatch.setattr("residual_audio.stages.train.RESULTS_DIR", Path(out))
     train_dataset(params, "synthetic")
     return {m: al.load_results(Path(out) / "synthetic" / f"{m}.npz") for m in params["methods"]}
 
@@ -246,8 +246,9 @@ def test_inject_layers_selects_the_reweighted_stages(project, default_run, monke
 
 def test_bases_leak_test_through_the_stage(project, monkeypatch, tmp_path):
     """Test-fold clips set to NaN: every artefact of that fold is unchanged and finite; only its logits are NaN."""
-    import residual_audio.experiment as ex
-    from residual_audio.synthetic import synthetic_world, write_store
+    from residual_audio.data.synthetic import synthetic_world, write_store
+    from residual_audio.stages import common
+    from residual_audio.stages import train as ex
 
     arrays, attrs, text, _ = synthetic_world(n_per_class=6, n_classes=5, n_folds=3, seed=2)
     poisoned = copy.deepcopy(arrays)
@@ -258,7 +259,7 @@ def test_bases_leak_test_through_the_stage(project, monkeypatch, tmp_path):
     save_text_side(tmp_path / "data/text/synthetic.npz", text)
     only_fold1 = ex.splits_for
     monkeypatch.setattr(ex, "splits_for", lambda store, p: [s for s in only_fold1(store, p) if s.name == "fold1"])
-    monkeypatch.setattr(ex, "read_units", lambda path: read_units(path, check_sum=False))
+    monkeypatch.setattr(common, "read_units", lambda path: read_units(path, check_sum=False))
     methods = ["residual_fine", "residual_identity", "spectral_out", "linear_probe"]
     res = _run(tmp_path, monkeypatch, _params(methods=methods), "results_poisoned")
     clean = _run(project, monkeypatch, _params(methods=methods), "results_clean")
@@ -271,7 +272,7 @@ def test_bases_leak_test_through_the_stage(project, monkeypatch, tmp_path):
 
 
 def test_bad_methods_and_recipe_fields_name_the_key(project, monkeypatch):
-    from residual_audio.experiment import train_dataset
+    from residual_audio.stages.train import train_dataset
 
     monkeypatch.chdir(project)
     bad = [({"methods": ["nope"]}, "methods"), ({"methods": []}, "methods"),
@@ -295,11 +296,11 @@ def test_identity_equals_zero_shot_bit_for_bit_beyond_one_chunk():
     """More test clips than one first-layer chunk (256): still the same products, the same bits."""
     from dataclasses import replace
 
-    from residual_audio.estimators import FoldData, build
-    from residual_audio.protocol import Split
-    from residual_audio.recipes import REGISTRY_RECIPES
-    from residual_audio.residual import RECIPES
-    from residual_audio.synthetic import in_memory_store, synthetic_world
+    from residual_audio.data.synthetic import in_memory_store, synthetic_world
+    from residual_audio.evaluation.protocol import Split
+    from residual_audio.methods import FoldData, build
+    from residual_audio.methods.residual.maths import RECIPES
+    from residual_audio.methods.residual.recipes import REGISTRY_RECIPES
 
     arrays, attrs, text, _ = synthetic_world(n_per_class=64, n_classes=5, n_folds=2, seed=4)
     store = in_memory_store(arrays, attrs)

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from residual_audio.estimators import build
-from residual_audio.params import ParamError
-from residual_audio.protocol import make_splits, outer_folds
-from residual_audio.residual import RECIPES, check_mode, fit_bases, rd, unit_pca
-from residual_audio.synthetic import in_memory_store, synthetic_store, synthetic_world
-from residual_audio.units import StoreError, read_units
+from residual_audio.core.params import ParamError
+from residual_audio.data.synthetic import in_memory_store, synthetic_store, synthetic_world
+from residual_audio.data.units import StoreError, read_units
+from residual_audio.evaluation.protocol import make_splits, outer_folds
+from residual_audio.methods import build
+from residual_audio.methods.residual.maths import RECIPES, check_mode, fit_bases, rd, unit_pca
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_gram_route_matches_covariance_pca():
 
 
 def _fold(store, text, split, seed=0):
-    from residual_audio.estimators import FoldData
+    from residual_audio.methods import FoldData
 
     return FoldData(store, text, split, seed=seed)
 
@@ -57,7 +57,7 @@ def _fold(store, text, split, seed=0):
 def _recipe(name="identity", **fields):
     from dataclasses import replace
 
-    from residual_audio.recipes import REGISTRY_RECIPES
+    from residual_audio.methods.residual.recipes import REGISTRY_RECIPES
 
     cls = REGISTRY_RECIPES[name]
     return cls(replace(RECIPES[name], **fields))

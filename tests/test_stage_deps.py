@@ -24,7 +24,7 @@ def _stages() -> dict:
 
 
 def test_every_stage_has_an_entry_in_the_stage_table():
-    from residual_audio.cli import STAGES
+    from residual_audio.core.pipeline import STAGES
 
     assert set(_stages()) == set(STAGES)
     for name in STAGES:
@@ -34,7 +34,7 @@ def test_every_stage_has_an_entry_in_the_stage_table():
 @pytest.mark.parametrize("name", sorted(_stages()))
 def test_stage_params_match_the_stage_table(name):
     """`residual-audio <stage> --help` lists what dvc.yaml tracks for it."""
-    from residual_audio.cli import STAGES
+    from residual_audio.core.pipeline import STAGES
 
     spec = _stages()[name]
     spec = spec.get("do", spec)
@@ -67,9 +67,9 @@ def _covers(key: str, other: str) -> bool:
 
 def method_reads() -> set[str]:
     """Every params key some registered method's `from_params` reads (default params.yaml)."""
-    from residual_audio.estimators import REGISTRY, available
-    from residual_audio.params import load_params
-    from residual_audio.trace import ReadRecorder
+    from residual_audio.core.params import load_params
+    from residual_audio.core.trace import ReadRecorder
+    from residual_audio.methods import REGISTRY, available
 
     reads: set[str] = set()
     for name in available():
@@ -99,7 +99,7 @@ def test_stage_deps_are_exactly_the_modules_it_imports_at_run_time(traces, name)
     spec = spec.get("do", spec)
     _, trace = _trace_of(traces, name)
     used = {m for m in trace["modules"] if not m.endswith("__init__.py") or (REPO / m).stat().st_size}
-    used.discard(f"{PACKAGE}/trace.py")  # imported only to record this trace
+    used.discard(f"{PACKAGE}/core/trace.py")  # imported only to record this trace
     used.add(f"stages/{name}.py")
     listed = {str(d) for d in spec.get("deps", []) if str(d).endswith(".py")}
     assert not used - listed, f"dvc.yaml stage {name!r} does not list {sorted(used - listed)} in its deps"
@@ -109,7 +109,7 @@ def test_stage_deps_are_exactly_the_modules_it_imports_at_run_time(traces, name)
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(_stages()))
 def test_stage_params_are_exactly_the_keys_it_reads_at_run_time(traces, name):
-    from residual_audio.params import get, load_params
+    from residual_audio.core.params import get, load_params
 
     spec = _stages()[name]
     spec = spec.get("do", spec)
@@ -133,7 +133,7 @@ def test_editing_tip_adapter_or_its_params_makes_train_stale(offline_example):
     module that defines Tip-Adapter, or to `tip_adapter.alpha`, is a changed dep of `train`."""
     import json
 
-    from residual_audio.peers import TipAdapter
+    from residual_audio.methods.tip_adapter import TipAdapter
 
     work = offline_example.work
     module = work / Path(TipAdapter.__module__.replace(".", "/") + ".py")

@@ -9,17 +9,16 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
-from residual_audio.ablation import ablated_embedding, head_mean_hook, stage_streams, total_ablation
-from residual_audio.decompose import head_rows
-from residual_audio.extract import HeadExtractor, MelStoreError
-from residual_audio.hooked import HookedHTSAT
-from residual_audio.inject import head_name
-from residual_audio.params import ParamError
-from residual_audio.protocol import make_splits
+from conftest import REPO
 from tiny_project import noise_mel, text_side, write_project_data
 
-from conftest import REPO
+from residual_audio.analysis.ablation import ablated_embedding, head_mean_hook, stage_streams, total_ablation
+from residual_audio.core.params import ParamError
+from residual_audio.evaluation.protocol import make_splits
+from residual_audio.methods.residual.inject import head_name
+from residual_audio.models.decompose import head_rows
+from residual_audio.models.hooked import HookedHTSAT
+from residual_audio.stages.extract import HeadExtractor, MelStoreError
 
 N = 4
 
@@ -89,12 +88,12 @@ def _params(**ablation):
 
 
 def test_stage_adds_total_columns_only_when_asked(model, tmp_path, monkeypatch):
-    import residual_audio.clap as clap
-    from residual_audio.experiment import ablation_stage
+    from residual_audio.stages import common
+    from residual_audio.stages.ablation import run as ablation_stage
 
     write_project_data(tmp_path, model, dataset="folder", n=4)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(clap, "load_model", lambda checkpoint, variant=None: model)
+    monkeypatch.setattr(common, "load_model", lambda checkpoint, variant=None: model)
     csv, metrics_path = tmp_path / "plots/ablation/folder.csv", tmp_path / "metrics/folder/ablation.json"
 
     ablation_stage(_params(), "folder")
@@ -131,7 +130,7 @@ def test_stage_adds_total_columns_only_when_asked(model, tmp_path, monkeypatch):
 @pytest.mark.parametrize("key, value", [("total", "yes"), ("device", "tpu"), ("batch_size", 0), ("stages", [4]),
                                         ("stages", []), ("stages", [3, 3])])
 def test_bad_ablation_params_name_the_key(tmp_path, monkeypatch, key, value):
-    from residual_audio.experiment import ablation_stage
+    from residual_audio.stages.ablation import run as ablation_stage
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ParamError, match=rf"ablation\.{key}"):

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 import zarr
 
-from residual_audio.clap import log_mel, logit_scale, mel_fingerprint
-from residual_audio.zeroshot import TextSide, projection_weights, save_text_side
+from residual_audio.evaluation.zeroshot import TextSide, projection_weights, save_text_side
+from residual_audio.models.laion import log_mel, logit_scale, mel_fingerprint
 
 CLASSES = ["quiet", "loud"]
 
@@ -49,7 +49,7 @@ def write_mel_store(path: Path, model, n: int, seed: int = 3) -> Path:
 
 def write_project_data(root: Path, model, dataset: str = "toy", n: int = 12) -> None:
     """data/mel, data/heads (extracted), data/text and data/models/manifest.json under `root`."""
-    from residual_audio.extract import extract
+    from residual_audio.stages.extract import extract
 
     mel = write_mel_store(root / "data/mel" / f"{dataset}.zarr", model, n)
     extract(model, mel, root / "data/heads" / f"{dataset}.zarr", batch_size=n, device="cpu")

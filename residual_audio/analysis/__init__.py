@@ -1,0 +1,1 @@
+"""Intrinsic dimension, per-head geometry and its figures, ablation."""

@@ -1,0 +1,85 @@
+"""The pipeline's stages as data: name, whether it runs per dataset, the params.yaml keys its results
+depend on (dvc.yaml's `params`, kept equal by tests/test_stage_deps.py) and a one-line summary;
+and the help texts made from them. The stages' code is in `residual_audio.stages`; each
+`stages/<name>.py` imports its stage's function directly and runs it through `core.runner`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .params import get
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    per_dataset: bool
+    params: tuple  # the params.yaml keys its results depend on (dvc.yaml's list; ${item} = the dataset).
+    # Per-dataset stages also check their argument against `datasets` but do not depend on the
+    # list: adding a dataset re-runs none of the others' stages.
+    summary: str
+
+
+STAGES = {s.name: s for s in (
+    Stage("model", False, ("model.checkpoint", "model.checkpoint_sha256", "model.tokenizer"),
+          "fetch the checkpoint and the tokenizer files into data/models/ (nothing for model.checkpoint: random)"),
+    Stage("download", True, ("data.${item}", "download"),
+          "fetch a dataset's clips into data/raw/<dataset>/"),
+    Stage("preprocess", True,
+          ("seed", "data.${item}", "model.variant", "preprocess"),
+          "decode, resample to 48 kHz, log-mel -> data/mel/<dataset>.zarr and .csv"),
+    Stage("extract", True, ("model.checkpoint", "model.variant", "extract"),
+          "one hooked forward per batch -> data/heads/<dataset>.zarr (per-head tensors, direct decomposition)"),
+    Stage("text", True,
+          ("model.checkpoint", "model.variant", "model.tokenizer", "zeroshot"),
+          "zero-shot class vectors, temperature and frozen projection -> data/text/<dataset>.npz"),
+    Stage("train", True,
+          ("seed", "methods", "inject_layers", "cv", "residual", "train", "baselines", "probe",
+           "tip_adapter", "prompt_learning", "model.variant", "live"),
+          "every method of `methods` fitted per fold -> data/results/<dataset>/<method>.npz"),
+    Stage("evaluate", True, ("methods",),
+          "metrics, per-fold tables, confusion and λ plots of one dataset -> metrics/<dataset>/, plots/alignment/<dataset>/"),
+    Stage("compare", False, ("datasets",),
+          "method × dataset table from every dataset's results -> metrics/comparison.md, plots/comparison.csv"),
+    Stage("ablation", True, ("seed", "cv", "ablation", "model.variant"),
+          "mean (and optionally total-effect) ablation of every head -> plots/ablation/<dataset>.csv"),
+    Stage("fewshot", True,
+          ("seed", "cv.scheme", "cv.k", "inject_layers", "fewshot", "tip_adapter", "prompt_learning", "model.variant",
+           "train", "baselines", "probe", "residual"),
+          "few-shot curves of `fewshot.methods` -> metrics/<dataset>/fewshot.json, plots/fewshot/<dataset>/"),
+    Stage("geometry", False, ("datasets", "geometry"),
+          "intrinsic dimension and statistics of every head -> plots/geometry/, metrics/geometry.json"),
+)}
+
+
+def _param_lines(stage: Stage, params: dict | None) -> list[str]:
+    lines = []
+    for key in stage.params:
+        value = "(see params.yaml)"
+        if params is not None and "${item}" not in key:
+            missing = object()
+            found = get(params, key, missing)
+            value = "(not set)" if found is missing else repr(found)
+        lines.append(f"  {key:<28} {value}")
+    return lines
+
+
+def stage_help(stage: Stage, params: dict | None = None) -> str:
+    usage = f"python stages/{stage.name}.py" + (" <dataset>" if stage.per_dataset else "")
+    text = [f"usage: {usage}   (or: residual-audio {stage.name}{' <dataset>' if stage.per_dataset else ''})", "",
+            f"{stage.name}: {stage.summary}", ""]
+    if stage.per_dataset:
+        text += ["<dataset> is one of the names in `datasets` (dvc.yaml runs one copy per dataset: "
+                 f"{stage.name}@<dataset>).", ""]
+    text += ["params.yaml keys it reads (current values):"] + _param_lines(stage, params)
+    return "\n".join(text)
+
+
+def overview() -> str:
+    width = max(map(len, STAGES))
+    lines = ["usage: residual-audio <stage> [<dataset>] [--help]", "",
+             "Stages of the DVC pipeline (dvc.yaml runs them; run one by hand with the same command):", ""]
+    lines += [f"  {s.name:<{width}}  {'per dataset  ' if s.per_dataset else 'all datasets '} {s.summary}"
+              for s in STAGES.values()]
+    lines += ["", "`residual-audio <stage> --help` lists the params.yaml keys a stage reads."]
+    return "\n".join(lines)

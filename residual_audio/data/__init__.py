@@ -1,0 +1,1 @@
+"""Audio decoding, the dataset registry, fetching sources, and the readers of the stores between stages."""

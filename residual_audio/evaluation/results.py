@@ -1,0 +1,144 @@
+"""What every method writes per dataset, and the scores computed from it.
+
+`data/results/<dataset>/<method>.npz` (one layout for every method; see docs/methods.md):
+the test logits of every clip from its own fold, and per fold everything it learned.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..core.io import atomic_path
+from ..core.params import ParamError
+from .zeroshot import topk_correct
+
+METRICS_DIR, PLOTS_DIR = Path("metrics"), Path("plots/alignment")  # evaluate's and compare's outputs
+
+# the default `methods` list, in the order the comparison table shows them
+# what `train` runs when params.yaml names no `methods`, and the order of every table
+DEFAULT_METHODS = ("zeroshot", "linear_probe", "linear", "spectral_out", "residual_coarse", "residual_fine",
+                   "residual_full", "residual_identity", "linear_adapter", "tip_adapter", "tip_adapter_f")
+METHODS = DEFAULT_METHODS + ("prompt_learning", "residual_fine_unlabelled", "residual_inject")
+
+
+@dataclass
+class FoldResult:
+    method: str
+    fold: str
+    test: np.ndarray  # store indices of the test clips
+    logits: np.ndarray  # [n_test, C]
+    params: int
+    history: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+
+
+
+# --------------------------------------------------------------------------- results
+
+
+def save_method_results(path: str | Path, method: str, results: list[FoldResult], labels: np.ndarray, classes,
+                        weights: str, hyper: dict, meta: dict | None = None) -> None:
+    """One method on one dataset: the test logits of every clip (from its own fold) and, per
+    fold, its indices, test logits, trainable count, history, chosen hyper-parameters and artefacts."""
+    folds = [r.fold for r in results]
+    n_classes = len(classes)
+    logits = np.full((len(labels), n_classes), np.nan, dtype=np.float32)
+    fold_of = np.full(len(labels), -1, dtype=np.int64)
+    arrays = {"method": np.array(method), "labels": labels, "classes": np.array(classes), "folds": np.array(folds),
+              "weights": np.array(weights), "hyper": np.array(json.dumps(hyper, default=_jsonable)),
+              "meta": np.array(json.dumps(meta or {}, default=_jsonable))}
+    for i, r in enumerate(results):
+        logits[r.test] = r.logits
+        fold_of[r.test] = i
+        f = r.fold
+        arrays[f"{f}/test"], arrays[f"{f}/logits"] = np.asarray(r.test, np.int64), np.asarray(r.logits, np.float32)
+        arrays[f"{f}/history"] = np.array(json.dumps(r.history, default=_jsonable))
+        for k, v in r.extra.items():
+            arrays[f"{f}/{k}"] = np.array(json.dumps(v, default=_jsonable)) if isinstance(v, dict) else np.asarray(v)
+    arrays["logits"], arrays["fold_of"], arrays["params"] = logits, fold_of, np.array([r.params for r in results], np.int64)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def _jsonable(v):
+    import dataclasses
+
+    if dataclasses.is_dataclass(v):
+        return dataclasses.asdict(v)
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, tuple):
+        return list(v)
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+def load_results(path: str | Path) -> dict:
+    """The arrays of a results file, with `hyper`, `meta` and every `<fold>/history`/`<fold>/chosen` decoded."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: results not found (run the 'train' stage with this method in 'methods')")
+    with np.load(path) as z:
+        out = {k: z[k] for k in z.files}
+    for k in list(out):
+        if k in ("hyper", "meta") or k.endswith(("/history", "/chosen", "/recipe")):
+            out[k] = json.loads(str(out[k]))
+    out["history"] = [dict(fold=str(f), **row) for f in out["folds"] for row in out[f"{f}/history"]]
+    return out
+
+
+def fold_scores(logits: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, n_folds: int) -> dict:
+    """Top-1 and top-5 accuracy per fold, in fold order."""
+    if (fold_of < 0).any():
+        raise ParamError("results: some clips were never in a test fold")
+    top1 = topk_correct(logits, labels, 1)
+    top5 = topk_correct(logits, labels, 5)
+    return {
+        "accuracy": [float(top1[fold_of == f].mean()) for f in range(n_folds)],
+        "top5": [float(top5[fold_of == f].mean()) for f in range(n_folds)],
+    }
+
+
+def metric_block(per_fold: dict, params, weights: str, folds) -> dict:
+    def stats(values):
+        v = np.asarray(values, dtype=np.float64)
+        return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "folds": [float(x) for x in v]}
+
+    return {"accuracy": stats(per_fold["accuracy"]), "top5": stats(per_fold["top5"]),
+            "params": int(np.max(params)) if len(params) else 0, "params_folds": [int(p) for p in params],
+            "weights": weights, "fold_names": list(folds)}
+
+
+def method_order(methods) -> list[str]:
+    """Known methods in their canonical order, then any others alphabetically."""
+    known = [m for m in METHODS if m in methods]
+    return known + sorted(set(methods) - set(known))
+
+
+def _csv(path: Path, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def comparison_markdown(table: pd.DataFrame) -> str:
+    """Method × dataset: top-1 accuracy mean ± std over folds, with trainable parameter counts."""
+    if table.empty:
+        return "no results\n"
+    cells = table.assign(cell=[f"{a:.3f} ± {s:.3f}" for a, s in zip(table.accuracy, table["std"])])
+    wide = cells.pivot(index="method", columns="dataset", values="cell")
+    params = table.groupby("method")["params"].max()
+    weights = sorted(set(table.weights))
+    lines = [f"Top-1 accuracy, mean ± std over folds (weights: {', '.join(weights)})", "",
+             "| method | " + " | ".join(wide.columns) + " | trainable params |",
+             "| --- | " + " | ".join("---" for _ in wide.columns) + " | --- |"]
+    order = method_order(wide.index)
+    lines += [f"| {m} | " + " | ".join(str(wide.loc[m, c]) for c in wide.columns) + f" | {params[m]:,} |" for m in order]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,194 @@
+"""ResiDual: reweighting the principal components of residual units (Basile et al., 2025).
+
+For a unit with mean μ and orthonormal PCA components Φ (rows), ResiDual maps its
+contribution x to RD(x) = Φᵀ diag(λ) Φ (x − μ) + μ. It is computed here as the
+correction x + Φᵀ diag(λ − 1) Φ (x − μ) to the exact contribution, so that λ = 1 leaves
+every number untouched in floating point and the untrained model *is* the zero-shot
+model. Components past the explained-variance threshold are either kept unchanged
+(`beyond: keep`, λ fixed at 1) or dropped (`beyond: drop`, λ fixed at 0).
+
+This module holds the shared math (per-unit PCA, the threshold rule, `rd`) and the
+`Recipe` table; the direct-mode estimators built from it are in `recipes.py`, inject mode
+in `inject.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ...core.params import ParamError
+
+MODES = ("direct", "inject")
+BEYOND = ("keep", "drop")
+
+
+@dataclass
+class UnitBases:
+    """PCA bases of the chosen units, fitted on the training folds of one fold."""
+
+    unit_names: list[str]  # the reweighted units, in store order
+    unit_index: np.ndarray  # [U] their indices in the store
+    means: np.ndarray  # [U, D]
+    components: np.ndarray  # [J, D] kept components of all units, unit after unit (rows orthonormal per unit)
+    owner: np.ndarray  # [J] which unit (0..U-1) each component belongs to
+    explained: np.ndarray  # [J] explained-variance ratio of each component within its unit
+    threshold: float
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.bincount(self.owner, minlength=len(self.unit_names))
+
+    def unit_slices(self) -> list[slice]:
+        ends = np.cumsum(self.counts)
+        return [slice(int(e - c), int(e)) for e, c in zip(ends, self.counts)]
+
+
+def n_components(eigenvalues: np.ndarray, threshold: float) -> int:
+    """Fewest leading components whose explained variance reaches `threshold` (eigenvalues descending)."""
+    total = float(eigenvalues.sum())
+    positive = int((eigenvalues > max(total, 0.0) * 1e-10).sum())
+    if total <= 0 or positive == 0:
+        return 0
+    ratio = np.cumsum(eigenvalues) / total
+    return int(min(np.searchsorted(ratio, threshold - 1e-9) + 1, positive))
+
+
+def unit_pca(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean [D], eigenvalues descending [r], components [r, D]) of one unit's training clips.
+
+    float64 throughout; with fewer clips than dimensions the n×n Gram matrix is decomposed
+    instead of the D×D covariance (same nonzero spectrum, much cheaper).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n, d = x.shape
+    mu = x.mean(0)
+    xc = x - mu
+    if n < d:
+        evals, v = np.linalg.eigh(xc @ xc.T / (n - 1))
+        evals, v = evals[::-1].clip(0), v[:, ::-1]
+        keep = evals > evals.max(initial=0) * 1e-12
+        comps = (xc.T @ v[:, keep]) / np.sqrt(evals[keep] * (n - 1))
+        return mu, evals[keep].copy(), np.ascontiguousarray(comps.T)
+    evals, vecs = np.linalg.eigh(xc.T @ xc / (n - 1))
+    return mu, evals[::-1].clip(0), np.ascontiguousarray(vecs[:, ::-1].T)
+
+
+def fixed_signs(components: np.ndarray) -> np.ndarray:
+    """The rows of `components` flipped so that each one's largest entry is positive: PCA bases
+    then do not depend on the LAPACK build's sign choices (float32)."""
+    k = len(components)
+    signs = np.sign(components[np.arange(k), np.abs(components).argmax(1)]) if k else np.ones(0)
+    return (components * signs[:, None]).astype(np.float32)
+
+
+def kept_components(eigenvalues: np.ndarray, components: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(components [k, D] with fixed signs, explained-variance ratios [k]) of the leading components
+    reaching `threshold`; `eigenvalues` descending, `components` rows in the same order."""
+    k = n_components(eigenvalues, threshold)
+    ratios = eigenvalues[:k] / max(eigenvalues.sum(), 1e-300)
+    return fixed_signs(components[:k]), ratios.astype(np.float32)
+
+
+def fit_bases(units: np.ndarray, unit_index, unit_names, threshold: float) -> UnitBases:
+    """Per-unit mean and PCA on training clips only; `units` is [n_train, U_all, D],
+    `unit_index` picks the units to fit."""
+    from tqdm import tqdm
+
+    if not 0 < threshold <= 1:
+        raise ParamError(f"params: 'residual.variance' must be in (0, 1], got {threshold!r}")
+    unit_index = np.asarray(unit_index, dtype=np.int64)
+    n, _, d = units.shape
+    if n < 2:
+        raise ParamError(f"params: 'cv.scheme': a fold leaves only {n} training clip(s) to fit bases on")
+    means, comps, owner, explained = [], [], [], []
+    for j, u in enumerate(tqdm(unit_index, desc="bases", leave=False)):
+        mu, ev, phi = unit_pca(units[:, u, :])
+        phi, ratios = kept_components(ev, phi, threshold)
+        comps.append(phi)
+        owner.append(np.full(len(phi), j, dtype=np.int64))
+        explained.append(ratios)
+        means.append(mu.astype(np.float32))
+    return UnitBases(
+        unit_names=[unit_names[i] for i in unit_index],
+        unit_index=unit_index,
+        means=np.stack(means) if means else np.zeros((0, d), np.float32),
+        components=np.concatenate(comps) if comps else np.zeros((0, d), np.float32),
+        owner=np.concatenate(owner) if owner else np.zeros(0, np.int64),
+        explained=np.concatenate(explained) if explained else np.zeros(0, np.float32),
+        threshold=float(threshold),
+    )
+
+
+
+
+
+
+def rd(x: torch.Tensor, components: torch.Tensor, mean: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """RD(x) = x + Φᵀ diag(λ − 1) Φ (x − μ) for one unit; x [..., D], Φ [k, D], λ [k]."""
+    coef = (x - mean) @ components.T
+    return x + (coef * (lam - 1)) @ components
+
+
+def check_mode(mode: str, inject_layers, n_stages: int = 4) -> None:
+    """Validate `residual.mode` and the top-level `inject_layers` (checked in either mode,
+    so a bad value is caught before it silently matters)."""
+    if mode not in MODES:
+        raise ParamError(f"params: 'residual.mode' must be one of {', '.join(MODES)}, got {mode!r}")
+    if not isinstance(inject_layers, (list, tuple)) or not inject_layers:
+        raise ParamError(f"params: 'inject_layers' must be a non-empty list of stage indices, got {inject_layers!r}")
+    for s in inject_layers:
+        if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < n_stages:
+            raise ParamError(f"params: 'inject_layers' entries must be stage indices 0..{n_stages - 1}, got {s!r}")
+    if len(set(inject_layers)) != len(inject_layers):
+        raise ParamError(f"params: 'inject_layers' has repeated stages: {inject_layers!r}")
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one ResiDual variant is built and trained; the paper's values are the defaults of
+    `RECIPES`, each overridable from `residual.recipes.<name>.<field>` in params.yaml.
+
+    - `units`: which units are reweighted (`heads` | `heads+mlp`), of the stages in `inject_layers`.
+    - `pca`: False = one λ per unit on its uncentred contribution (Σ λ_u x_u, no basis, no μ).
+    - `variance`: explained-variance threshold of the kept components (1.0 = every component).
+    - `beyond`: components past the threshold are kept unchanged (`keep`, λ fixed at 1) or dropped (`drop`, λ fixed at 0).
+    - `lam_init`: `ones` (λ = 1) or `normal` (λ = 1 + N(0, 1), seeded).
+    - `add_mean`: whether μ is added back after reweighting (RD(x) = Φᵀ diag(λ) Φ (x − μ) [+ μ]).
+    - `others`: what happens to units that are not reweighted: `keep` (summed unchanged) or
+      `remove` (zero ablation).
+    - `lr` (a number, or a grid chosen on the validation clips), `max_epochs`, `patience`,
+      `batch_size`: schedule-free AdamW training;
+      `select_on`: early stopping and checkpoint choice on `val_accuracy` or `val_loss`;
+      `warmup_epochs`: schedule-free warm-up (the released code uses none).
+    """
+
+    name: str
+    units: str = "heads"
+    pca: bool = True
+    variance: float = 1.0
+    beyond: str = "keep"
+    lam_init: str = "normal"
+    add_mean: bool = False
+    others: str = "remove"
+    lr: float | tuple = 0.8
+    max_epochs: int = 30
+    patience: int = 5
+    batch_size: int = 64
+    select_on: str = "val_accuracy"
+    warmup_epochs: int = 0
+
+
+# Basile et al. (2025), released configs (conf/train/residual_*.gin, nn/adapter.py), and ours.
+RECIPES = {
+    "coarse": Recipe("coarse", units="heads", pca=False, lam_init="normal", add_mean=False, others="remove"),
+    "fine": Recipe("fine", units="heads", variance=0.9, beyond="drop", lam_init="normal", add_mean=False, others="remove"),
+    "full": Recipe("full", units="heads+mlp", variance=1.0, beyond="drop", lam_init="normal", add_mean=False, others="keep"),
+    "identity": Recipe("identity", units="heads", variance=0.95, beyond="keep", lam_init="ones", add_mean=True,
+                       others="keep", lr=(0.001, 0.01, 0.1), select_on="val_loss", warmup_epochs=1),
+}

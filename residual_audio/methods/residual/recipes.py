@@ -1,0 +1,264 @@
+"""ResiDual recipes as estimators on the stored direct contributions (direct mode).
+
+Each registered method `residual_<recipe>` reads its `Recipe` from
+`residual.recipes.<recipe>.*` (defaults: `residual.RECIPES`, the paper's values). Per fold it
+fits each reweighted unit's mean μ and PCA basis Φ on the fitting clips (`bases_on: fit`)
+or on the unlabelled clips (`bases_on: unlabelled`), never on validation or test clips of
+the fold, and trains λ. The embedding it scores is
+
+    e' = const + Σ_{u kept} x_u + Σ_{u reweighted} f_u(x_u)
+
+    f_u(x) = Φᵀ diag(λ) Φ (x − μ) + [beyond: keep] (I − ΦᵀΦ)(x − μ) + [add_mean] μ     (pca)
+    f_u(x) = λ_u x                                                                 (coarse: no PCA)
+
+where the reweighted units are the recipe's `units` of the stages in `inject_layers`, and
+"kept" units are every other unit when `others: keep`, none when `others: remove`
+(zero ablation). The constant (the final norm's β and the merges' carried biases) is
+always kept: it is not a residual unit. The frozen CLAP head then scores e'.
+When the recipe is the identity form (add_mean, beyond keep, others keep) e' is computed
+as the correction e + Σ Φᵀ diag(λ − 1) Φ (x − μ), so λ = 1 reproduces zero-shot bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, fields, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...core.params import ParamError, check, get
+from ...data.stores import StoreError
+from ...data.units import UNIT_SETS, parse_unit
+from ...evaluation.zeroshot import FrozenHead
+from ..base import Estimator, FoldData, register
+from ..baselines import CHUNK, EVAL_BATCH, init_lambda
+from ..training import MONITORS, TrainConfig, evaluate, train_grid
+from .maths import BEYOND, RECIPES, Recipe, UnitBases, check_mode, fixed_signs, n_components, unit_pca
+
+BASES_ON = ("fit", "unlabelled")
+OTHERS = ("keep", "remove")
+LAM_INIT = ("ones", "normal")
+
+
+def read_recipe(params: dict, name: str) -> Recipe:
+    """`residual.recipes.<name>` over the defaults of RECIPES[name], every field checked (errors name the key)."""
+    base = RECIPES[name]
+    block = get(params, f"residual.recipes.{name}", {}) or {}
+    key = f"residual.recipes.{name}"
+    check(isinstance(block, dict), key, f"must be a mapping of recipe fields, got {block!r}")
+    known = {f.name for f in fields(Recipe)} - {"name"}
+    for k in block:
+        check(k in known, f"{key}.{k}", f"is not a recipe field (known: {', '.join(sorted(known))})")
+    r = replace(base, **block)
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    check(r.units in UNIT_SETS, f"{key}.units", f"must be one of {', '.join(UNIT_SETS)}, got {r.units!r}")
+    check(isinstance(r.pca, bool), f"{key}.pca", f"must be true or false, got {r.pca!r}")
+    check(isinstance(r.variance, (int, float)) and not isinstance(r.variance, bool) and 0 < r.variance <= 1,
+          f"{key}.variance", f"must be in (0, 1], got {r.variance!r}")
+    check(r.beyond in BEYOND, f"{key}.beyond", f"must be one of {', '.join(BEYOND)}, got {r.beyond!r}")
+    check(r.lam_init in LAM_INIT, f"{key}.lam_init", f"must be one of {', '.join(LAM_INIT)}, got {r.lam_init!r}")
+    check(isinstance(r.add_mean, bool), f"{key}.add_mean", f"must be true or false, got {r.add_mean!r}")
+    check(r.others in OTHERS, f"{key}.others", f"must be one of {', '.join(OTHERS)}, got {r.others!r}")
+    lrs = list(r.lr) if isinstance(r.lr, (list, tuple)) else [r.lr]
+    check(lrs and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and math.isfinite(v) for v in lrs),
+          f"{key}.lr", f"must be a positive number or a non-empty list of them, got {r.lr!r}")
+    check(is_int(r.max_epochs) and 0 <= r.max_epochs <= 30, f"{key}.max_epochs", f"must be an integer in 0..30, got {r.max_epochs!r}")
+    check(is_int(r.patience) and r.patience >= 1, f"{key}.patience", f"must be a positive integer, got {r.patience!r}")
+    check(is_int(r.batch_size) and r.batch_size >= 1, f"{key}.batch_size", f"must be a positive integer, got {r.batch_size!r}")
+    check(is_int(r.warmup_epochs) and r.warmup_epochs >= 0, f"{key}.warmup_epochs", f"must be an integer >= 0, got {r.warmup_epochs!r}")
+    check(r.select_on in MONITORS, f"{key}.select_on", f"must be one of {', '.join(MONITORS)}, got {r.select_on!r}")
+    if isinstance(r.lr, (list, tuple)):
+        r = replace(r, lr=tuple(float(v) for v in r.lr))
+    return r
+
+
+def identity_form(r: Recipe) -> bool:
+    """λ = 1 leaves every unit as it is: e' is then computed as a correction of the exact embedding."""
+    return r.pca and r.add_mean and r.beyond == "keep" and r.others == "keep"
+
+
+def cached_pca(data: FoldData, clips: np.ndarray, unit: int):
+    """(μ, eigenvalues, Φ with a fixed sign per row) of one unit on `clips`; shared by the recipes of a fold
+    through `data.context['pca']` (keyed by the clip set), so each unit is decomposed once per fold."""
+    cache = data.context.setdefault("pca", {})
+    key = (hashlib.sha1(np.ascontiguousarray(clips, dtype=np.int64).tobytes()).hexdigest(), int(unit))
+    if key not in cache:
+        mu, ev, phi = unit_pca(data.store.units[clips, unit, :])
+        cache[key] = (mu.astype(np.float32), ev, fixed_signs(phi))
+    return cache[key]
+
+
+class RecipeModel(nn.Module):
+    """pre = pre_base + Σ (λ − offset) ⊙ g, then the frozen head; only λ is trained.
+
+    With PCA, g is factorised as coef [n, J] times Ψ = Φ W₁ᵀ [J, 512]; without (coarse), g is
+    each unit's own x_u W₁ᵀ, [n, U, 512].
+    """
+
+    def __init__(self, head: FrozenHead, lam0: np.ndarray, psi: torch.Tensor | None, offset: float):
+        super().__init__()
+        self.head = head.requires_grad_(False)
+        self.lam = nn.Parameter(torch.from_numpy(np.asarray(lam0, np.float32).copy()))
+        self.register_buffer("psi", psi if psi is not None else torch.zeros(0))
+        self.pca = psi is not None
+        self.offset = offset
+
+    def forward(self, pre_base: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        w = self.lam - self.offset
+        if self.pca:
+            return self.head(pre_base + (g * w) @ self.psi)
+        return self.head(pre_base + torch.einsum("nuk,u->nk", g, w))
+
+
+class ResiDualRecipe(Estimator):
+    needs = frozenset({"validation"})  # early stopping and the kept checkpoint (and any lr grid)
+    """One ResiDual recipe in direct mode (see the module docstring for the map)."""
+
+    recipe_name = ""
+    fixed_bases_on: str | None = None
+
+    def __init__(self, recipe: Recipe, inject_layers=(0, 1, 2, 3), bases_on: str = "fit"):
+        self.recipe = recipe
+        self.inject_layers = tuple(inject_layers)
+        self.bases_on = bases_on
+
+    @classmethod
+    def from_params(cls, params):
+        recipe = read_recipe(params, cls.recipe_name)
+        layers = get(params, "inject_layers", [0, 1, 2, 3])
+        check_mode("direct", layers)
+        bases_on = cls.fixed_bases_on or get(params, "residual.bases_on", "fit")
+        check(bases_on in BASES_ON, "residual.bases_on", f"must be one of {', '.join(BASES_ON)}, got {bases_on!r}")
+        return cls(recipe, tuple(sorted(layers)), bases_on)
+
+    # ---------------------------------------------------------------- bases
+    def _units(self, store) -> tuple[np.ndarray, np.ndarray]:
+        """(reweighted unit indices, unit indices kept unchanged) into the store."""
+        chosen = [int(i) for i in store.select(self.recipe.units) if parse_unit(store.unit_names[i])["stage"] in self.inject_layers]
+        if not chosen:
+            raise ParamError(f"params: 'inject_layers' = {list(self.inject_layers)} selects no unit of "
+                             f"'residual.recipes.{self.recipe_name}.units' = {self.recipe.units!r}")
+        rest = [i for i in range(len(store.unit_names)) if i not in set(chosen)]
+        return np.array(chosen, np.int64), np.array(rest if self.recipe.others == "keep" else [], np.int64)
+
+    def _fit_bases(self, data: FoldData, chosen: np.ndarray) -> UnitBases:
+        clips = np.sort(data.split.train if self.bases_on == "fit" else data.unlabelled_clips())
+        if len(clips) < 2:
+            raise ParamError(f"params: 'cv.*': a fold leaves {len(clips)} clip(s) to fit the bases of {self.name} on")
+        d = data.store.units.shape[2]
+        for u in chosen:
+            if not np.isfinite(data.store.units[clips, u, :]).all():
+                raise StoreError(f"{data.store.path}: non-finite direct contribution of {data.store.unit_names[u]} "
+                                 f"in clips that {self.name} fits its bases on")
+        means, comps, owner, explained = [], [], [], []
+        for j, u in enumerate(chosen):
+            mu, ev, phi = cached_pca(data, clips, u)
+            k = n_components(ev, self.recipe.variance) if self.recipe.pca else 0
+            means.append(mu)
+            comps.append(phi[:k])
+            owner.append(np.full(k, j, np.int64))
+            explained.append((ev[:k] / max(ev.sum(), 1e-300)).astype(np.float32))
+        return UnitBases([data.store.unit_names[i] for i in chosen], chosen, np.stack(means),
+                         np.concatenate(comps) if comps else np.zeros((0, d), np.float32),
+                         np.concatenate(owner), np.concatenate(explained), float(self.recipe.variance))
+
+    # ---------------------------------------------------------------- features
+    def _features(self, data: FoldData, idx: np.ndarray, chunk: int = CHUNK):
+        """(pre_base [n, 512], g) for clips `idx`, in float32, chunk by chunk."""
+        r, b, head = self.recipe, self.bases_, FrozenHead(data.text)
+        store = data.store
+        pres, gs = [], []
+        for start in range(0, len(idx), chunk):
+            sl = np.asarray(idx[start : start + chunk])
+            units = store.units[sl]  # [c, U_all, D]
+            x = units[:, b.unit_index, :].astype(np.float64)  # reweighted units
+            if identity_form(r):
+                base = store.embedding[sl].astype(np.float32)
+            else:
+                base = store.const[sl].astype(np.float64) + units[:, self.kept_, :].sum(1, dtype=np.float64)
+                if r.pca:
+                    xc = x - b.means[None].astype(np.float64)
+                    if r.beyond == "keep":
+                        for u, s in enumerate(b.unit_slices()):
+                            phi = b.components[s].astype(np.float64)
+                            base += xc[:, u] - (xc[:, u] @ phi.T) @ phi
+                    if r.add_mean:
+                        base += b.means.sum(0, dtype=np.float64)
+                base = base.astype(np.float32)
+            with torch.no_grad():
+                pres.append(head.pre(torch.from_numpy(base)))
+                if r.pca:
+                    coef = np.empty((len(sl), len(b.owner)), np.float32)
+                    for u, s in enumerate(b.unit_slices()):
+                        coef[:, s] = ((x[:, u] - b.means[u]) @ b.components[s].T.astype(np.float64)).astype(np.float32)
+                    gs.append(torch.from_numpy(coef))
+                else:
+                    gs.append(torch.from_numpy(x.astype(np.float32)) @ head.w1.T)
+        if not pres:
+            return torch.zeros(0, head.w1.shape[0]), torch.zeros((0, len(b.owner)) if r.pca else (0, len(b.unit_index), head.w1.shape[0]))
+        return torch.cat(pres), torch.cat(gs)
+
+    # ---------------------------------------------------------------- fit / logits
+    def fit(self, data: FoldData) -> "ResiDualRecipe":
+        r = self.recipe
+        chosen, self.kept_ = self._units(data.store)
+        self.bases_ = self._fit_bases(data, chosen)
+        head = FrozenHead(data.text)
+        n_lam = len(self.bases_.owner) if r.pca else len(chosen)
+        self.init_seed_ = int(data.seed)
+        self.lam_init_ = init_lambda(n_lam, r.lam_init, self.init_seed_)
+        psi = torch.from_numpy(self.bases_.components) @ head.w1.T if r.pca else None
+        offset = 1.0 if identity_form(r) else 0.0
+        tr, va = data.split.train, data.split.val
+        ftr, fva = self._features(data, tr), self._features(data, va)
+        cfg = TrainConfig(max_epochs=r.max_epochs, patience=r.patience, batch_size=r.batch_size, monitor=r.select_on,
+                          seed=data.seed, lr_key=f"residual.recipes.{self.recipe_name}.lr",
+                          warmup_epochs=r.warmup_epochs).check()
+        lrs = r.lr if isinstance(r.lr, tuple) else (float(r.lr),)
+        self.model_, self.history_, self.lr_, self.lr_scores_ = train_grid(
+            lambda: RecipeModel(head, self.lam_init_, psi, offset), lrs, ftr, data.labels[tr], fva, data.labels[va], cfg,
+            desc=self.name)
+        self.lam_ = self.model_.lam.detach().numpy().copy()
+        self.n_params_ = int(n_lam)
+        return self
+
+    def logits(self, data: FoldData, idx) -> np.ndarray:
+        self._check_fitted()
+        _, _, out = evaluate(self.model_, self._features(data, np.asarray(idx)), torch.from_numpy(data.labels[idx]), EVAL_BATCH)
+        return out.numpy()
+
+    def chosen(self) -> dict:
+        return {"lr": self.lr_, "lr_scores": {f"{k:g}": v for k, v in self.lr_scores_.items()}}
+
+    def artefacts(self) -> dict:
+        b = self.bases_
+        return {
+            "unit_names": np.array(b.unit_names), "unit_index": b.unit_index, "kept_index": self.kept_,
+            "means": b.means, "components": b.components, "owner": b.owner, "explained": b.explained,
+            "lam": self.lam_, "lam_init": self.lam_init_, "init_seed": np.int64(self.init_seed_),
+            "recipe": np.array(json.dumps(asdict(self.recipe))), "bases_on": np.array(self.bases_on),
+            "inject_layers": np.array(self.inject_layers, np.int64),
+        }
+
+
+REGISTRY_RECIPES: dict[str, type[ResiDualRecipe]] = {}  # recipe name → its method class (bases on the fitting clips)
+
+
+def _recipe_method(recipe: str, method: str | None = None, bases_on: str | None = None):
+    cls = type(f"ResiDual_{method or recipe}", (ResiDualRecipe,),
+               {"name": method or f"residual_{recipe}", "recipe_name": recipe, "fixed_bases_on": bases_on,
+                "__doc__": f"ResiDual, recipe '{recipe}'" + (f", bases on the {bases_on} clips" if bases_on else "")})
+    return register(cls)
+
+
+for _r in ("coarse", "fine", "full", "identity"):
+    REGISTRY_RECIPES[_r] = _recipe_method(_r)
+# fine's bases fitted on unlabelled clips (every training-side clip), for few-shot runs
+_recipe_method("fine", "residual_fine_unlabelled", "unlabelled")

@@ -1,0 +1,1 @@
+"""Model families: building CLAP offline, official checkpoints, tokenizers, hook sites and the exact direct decomposition."""

@@ -1,0 +1,97 @@
+"""The `ablation` stage: mean (and optionally total-effect) ablation of every head of one dataset -> plots/ablation/<dataset>.csv, metrics/<dataset>/ablation.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..analysis.ablation import direct_total_correlation, fisher_correlation, mean_ablation, total_ablation
+from ..core.io import atomic_path, write_json
+from ..core.params import check, get
+from ..data.paths import HEADS_DIR, TEXT_DIR
+from ..data.units import parse_unit
+from ..evaluation.protocol import Split
+from ..evaluation.zeroshot import load_text_side
+from ..methods.residual.inject import read_head_outputs
+from .common import FoldParams, _encoder, _mel_store, _store, _weights, splits_for
+
+
+@dataclass(frozen=True)
+class AblationParams:
+    total: bool
+    stages: tuple
+    device: str
+    batch_size: int
+
+    @classmethod
+    def read(cls, params: dict) -> "AblationParams":
+        total = get(params, "ablation.total", False)
+        check(isinstance(total, bool), "ablation.total", f"must be true or false, got {total!r}")
+        stages = get(params, "ablation.stages", [0, 1, 2, 3])
+        check(isinstance(stages, list) and stages and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= 3 for s in stages)
+              and len(set(stages)) == len(stages), "ablation.stages", f"must be a non-empty list of distinct stages 0-3, got {stages!r}")
+        device = get(params, "ablation.device", "auto")
+        check(device in ("auto", "cpu", "cuda"), "ablation.device", f"must be auto, cpu or cuda, got {device!r}")
+        batch = get(params, "ablation.batch_size", 16)
+        check(isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1, "ablation.batch_size",
+              f"must be an integer >= 1, got {batch!r}")
+        return cls(total, tuple(sorted(stages)), device, batch)
+
+
+def run(params: dict, dataset: str, geometry: str | Path = "plots/geometry/heads.csv") -> None:
+    """Mean-ablation drops per head/block → plots/ablation/<dataset>.csv, metrics/<dataset>/ablation.json.
+
+    With `ablation.total: true` the heads of `ablation.stages` are also ablated inside the
+    forward pass (total effect, columns total_*), which needs the mel store and the model."""
+    import pandas as pd
+
+    p = FoldParams.read(params)
+    q = AblationParams.read(params)
+    variant = get(params, "model.variant", None)  # the encoder, with ablation.total
+    tables, metrics = {}, {}
+    geo = pd.read_csv(geometry) if Path(geometry).is_file() else None
+    for ds in [dataset]:
+        store = _store(ds)
+        text = load_text_side(TEXT_DIR / f"{ds}.npz", store.classes)
+        splits = splits_for(store, p, warn=False)  # `train` reports the folds
+        table = mean_ablation(store, splits, text)
+        weights = _weights(store, text)
+        heads, blocks = table[table.kind == "head"], table[table.kind == "block"]
+        metrics[ds] = {
+            "weights": weights,
+            "head_drop": {"max": float(heads["drop"].max()), "mean": float(heads["drop"].mean()),
+                          "top": heads.nlargest(5, "drop")["unit"].tolist()},
+            "block_drop": {"max": float(blocks["drop"].max()), "top": blocks.nlargest(3, "drop")["unit"].tolist()},
+            "fisher": fisher_correlation(table, geo, ds) if geo is not None else {},
+        }
+        if q.total:
+            table, model_weights = _total_ablation(ds, variant, q, splits, text, table)
+            if model_weights == "random":
+                metrics[ds]["weights"] = "random"
+            total = table[table.kind == "head"].dropna(subset=["total_drop"])
+            metrics[ds]["total"] = {
+                "stages": list(q.stages),
+                "head_drop": {"max": float(total["total_drop"].max()), "mean": float(total["total_drop"].mean()),
+                              "top": total.nlargest(5, "total_drop")["unit"].tolist()},
+                "direct_vs_total": direct_total_correlation(table),
+                "fisher": fisher_correlation(table, geo, ds, column="total_drop") if geo is not None else {},
+            }
+        tables[ds] = table
+    for ds, table in tables.items():
+        with atomic_path(Path("plots/ablation") / f"{ds}.csv") as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6g")
+    for ds, block in metrics.items():
+        write_json(Path("metrics") / ds / "ablation.json", block)
+
+
+def _total_ablation(ds: str, variant: str | None, q: AblationParams, splits: list[Split], text, table):
+    """Total-effect columns added to the direct-ablation table (NaN for blocks and heads not ablated)."""
+    heads = read_head_outputs(HEADS_DIR / f"{ds}.zarr")
+    mel_store = _mel_store(ds, heads)
+    hooked, device = _encoder(ds, mel_store, variant, q.device, "ablation.device")
+    chosen = [u for u, name in enumerate(heads.head_names) if parse_unit(name)["stage"] in q.stages]
+    total = total_ablation(hooked, mel_store["mel"], heads.label, heads.pre, heads.head_names, splits, text,
+                           q.batch_size, device, heads=chosen)
+    merged = table.merge(total[["stage", "block", "head", "kind", "total_accuracy", "total_drop", "total_drop_std"]],
+                         on=["kind", "stage", "block", "head"], how="left")
+    return merged, getattr(hooked.model, "weights", "")

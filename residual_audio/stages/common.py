@@ -1,0 +1,170 @@
+"""The alignment stages (text, train, ablation) as functions of params.yaml.
+
+Each stage validates every parameter it uses before touching any output, computes
+everything in memory and writes its outputs atomically, so a bad value or a failure
+leaves the previous outputs exactly as they were.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.params import ParamError, check, get
+from ..data.paths import HEADS_DIR, MEL_DIR, MODELS_DIR
+from ..data.units import read_units
+from ..evaluation import results as al
+from ..evaluation.protocol import SCHEMES, Split, make_splits
+from ..methods.residual.inject import read_head_outputs
+from ..methods.residual.maths import check_mode
+from ..models.checkpoints import load_model
+from ..models.hooked import HookedHTSAT
+from ..core.io import sha256_file
+from ..evaluation.zeroshot import TextCacheError
+from ..models.laion import checkpoint_from, load_tokenizer, mel_fingerprint
+from .extract import MelStoreError, open_mel_store, resolve_device
+
+
+@dataclass(frozen=True)
+class FoldParams:
+    """What the folds depend on: `seed` and `cv` (ablation reads no more)."""
+
+    seed: int
+    scheme: str
+    k: int
+    val_fraction: float
+
+    @classmethod
+    def read(cls, params: dict) -> "FoldParams":
+        seed = get(params, "seed", 0)
+        check(isinstance(seed, int), "seed", f"must be an integer, got {seed!r}")
+        scheme, k = get(params, "cv.scheme", "official"), get(params, "cv.k", 5)
+        check(scheme in SCHEMES, "cv.scheme", f"must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+        check(isinstance(k, int) and k >= 2, "cv.k", f"must be an integer >= 2, got {k!r}")
+        val = get(params, "cv.val_fraction", 0.1)
+        check(isinstance(val, (int, float)) and 0 <= val < 1, "cv.val_fraction", f"must be in [0, 1), got {val!r}")
+        return cls(seed, scheme, k, float(val))
+
+
+@dataclass(frozen=True)
+class AlignmentParams:
+    datasets: list
+    seed: int
+    inject_layers: list
+    scheme: str
+    k: int
+    val_fraction: float
+    methods: tuple = ()
+    device: str = "auto"  # train.device, for methods that run the encoder
+    variant: str | None = None  # model.variant, for methods that run the encoder
+
+    @classmethod
+    def read(cls, params: dict, dataset: str) -> "AlignmentParams":
+        check(isinstance(dataset, str) and dataset, "datasets", f"must hold dataset names, got {dataset!r}")
+        folds = FoldParams.read(params)
+        seed, scheme, k, val = folds.seed, folds.scheme, folds.k, folds.val_fraction
+        inject = get(params, "inject_layers", [0, 1, 2, 3])
+        check_mode("direct", inject)
+        methods = get(params, "methods", list(al.DEFAULT_METHODS))
+        check(isinstance(methods, list) and methods and all(isinstance(m, str) for m in methods)
+              and len(set(methods)) == len(methods), "methods", f"must be a non-empty list of distinct method names, got {methods!r}")
+        device = get(params, "train.device", "auto")
+        check(device in ("auto", "cpu", "cuda"), "train.device", f"must be auto, cpu or cuda, got {device!r}")
+        return cls([dataset], seed, list(inject), scheme, k, float(val), tuple(methods), device,
+                   get(params, "model.variant", None))
+
+
+def splits_for(store, p: FoldParams | AlignmentParams, warn: bool = True) -> list[Split]:
+    return make_splits(store.label, store.fold, p.scheme, p.k, p.seed, p.val_fraction, warn=warn)
+
+
+def _store(dataset: str):
+    return read_units(HEADS_DIR / f"{dataset}.zarr")
+
+
+# --------------------------------------------------------------------------- text
+
+
+
+
+# --------------------------------------------------------------------------- train
+
+
+
+
+
+
+def _encoder_context(ds: str, store, p: AlignmentParams) -> dict:
+    """The shared resources of methods that run the encoder: the hooked model on its device and the mel array."""
+    heads = read_head_outputs(HEADS_DIR / f"{ds}.zarr")
+    mel_store = _mel_store(ds, heads)
+    hooked, device = _encoder(ds, mel_store, p.variant, p.device, "train.device")
+    return {"hooked": hooked, "device": device, "mel": mel_store["mel"],
+            "weights": getattr(hooked.model, "weights", "")}
+
+
+def _mel_store(ds: str, heads):
+    """The dataset's mel store, checked to hold the heads store's clips in the same order."""
+    mel_path = MEL_DIR / f"{ds}.zarr"
+    mel_store = open_mel_store(mel_path)
+    mel_ids = np.array([str(c) for c in mel_store["clip_id"][:]])
+    if not np.array_equal(mel_ids, heads.clip_id):
+        raise MelStoreError(f"{mel_path}: its clips differ from {heads.path}'s; rerun the 'extract' stage")
+    return mel_store
+
+
+def _encoder(ds: str, mel_store, variant, device: str, device_key: str):
+    """The hooked encoder of data/models on `device`, checked against the mel store's mel settings."""
+    device = resolve_device(device, device_key)
+    model = load_model(checkpoint_from(MODELS_DIR), variant)
+    if mel_store.attrs["mel_sha256"] != mel_fingerprint(model):
+        raise MelStoreError(f"{MEL_DIR / f'{ds}.zarr'}: mel_sha256 does not match the model's mel extractor; rerun 'preprocess' and 'extract'")
+    return HookedHTSAT(model.to(device)), device
+
+
+def _weights(store, text) -> str:
+    """'random' if either the extraction or the text side came from random weights."""
+    return "random" if "random" in (store.weights, text.weights) else store.weights
+
+
+# --------------------------------------------------------------------------- ablation
+
+
+# --------------------------------------------------------------------------- what methods need
+
+VALIDATION = "validation"  # in an estimator's `needs`: it selects hyper-parameters on a validation draw
+ENCODER = "encoder"  # it runs the audio encoder (inject mode): the hooked model and the mel array
+TEXT_ENCODER = "text_encoder"  # it runs the text encoder (prompt learning): the model and the tokenizer
+
+
+def _text_encoder(params: dict, text, dataset: str, store) -> dict:
+    """The model's text branch and the tokenizer, checked against the cached text side."""
+    checkpoint = checkpoint_from(MODELS_DIR)
+    model = load_model(checkpoint, get(params, "model.variant", None))
+    if model.weights != text.weights:
+        raise TextCacheError(f"{MODELS_DIR}: {model.weights} weights, but the cached text side has {text.weights} "
+                             "ones; rerun the 'text' stage")
+    if text.checkpoint_sha256 and checkpoint != "random" and sha256_file(checkpoint) != text.checkpoint_sha256:
+        raise TextCacheError(f"{checkpoint}: not the checkpoint the cached text side was built from; rerun 'text'")
+    return {"model": model, "tokenizer": load_tokenizer(MODELS_DIR / "tokenizer")}
+
+
+def _audio_encoder(params: dict, text, dataset: str, store) -> dict:
+    """The hooked audio encoder on `train.device` and the dataset's mel array (inject-mode methods)."""
+    return _encoder_context(dataset, store, AlignmentParams.read(params, dataset))
+
+
+# need -> builder(params, text, dataset, store) returning the FoldData.context entries it provides
+CONTEXT_BUILDERS = {TEXT_ENCODER: _text_encoder, ENCODER: _audio_encoder}
+
+
+def method_context(estimators, params: dict, text, dataset: str, store, key: str = "methods") -> dict:
+    """The shared resources every listed method needs (`Estimator.needs`), built once before any
+    method runs: the same for `train` and `fewshot`. A need nothing provides is refused, naming `key`."""
+    context: dict = {}
+    for need in sorted({n for est in estimators for n in est.needs} - {VALIDATION}):
+        if need not in CONTEXT_BUILDERS:
+            raise ParamError(f"params: '{key}': nothing provides {need!r} to the methods")
+        context.update(CONTEXT_BUILDERS[need](params, text, dataset, store))
+    return context

@@ -1,0 +1,288 @@
+"""Few-shot curves: every method fitted on k labelled clips per class, tested on the full test fold.
+
+For each test fold of `cv.*` and each of `fewshot.seeds` seeds, k clips per class are drawn
+(seeded) from the training folds only; methods that declare `"validation"` in their
+`needs` also get a disjoint k-per-class validation draw, the others run with fixed
+hyper-parameters. Draws are nested: with one permutation per class, fold and seed, the
+fitting clips are its first k and the validation clips its last k, so the 2-shot set holds
+the 1-shot set. Shot counts whose clips (with the validation draw) the training folds of
+some fold cannot supply are skipped with one warning. The audio of every training-fold clip
+(no labels) is offered as `FoldData.unlabelled`, for methods that fit bases without labels.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..core.io import atomic_path, write_json
+from ..core.params import ParamError, check, get
+from ..data.paths import HEADS_DIR, RESULTS_DIR, TEXT_DIR
+from ..data.units import read_units
+from ..evaluation.protocol import SCHEMES, Split, make_splits
+from ..evaluation.zeroshot import load_text_side, zeroshot_logits
+from ..methods import REGISTRY, FoldData, build
+from .common import ENCODER, VALIDATION, method_context
+
+METRICS_DIR, PLOTS_DIR = Path("metrics"), Path("plots/fewshot")
+DEFAULT_SHOTS = [1, 2, 4, 8, 16]
+DEFAULT_METHODS = ["zeroshot", "linear_probe", "tip_adapter", "tip_adapter_f", "residual_fine",
+                   "residual_fine_unlabelled", "residual_identity"]
+
+
+@dataclass(frozen=True)
+class FewshotParams:
+    shots: tuple
+    seeds: int
+    methods: tuple
+    inject: bool
+    seed: int
+    scheme: str
+    k: int
+    variant: str | None = None  # model.variant: the model that methods needing an encoder build
+
+    @classmethod
+    def read(cls, params: dict) -> "FewshotParams":
+        shots = get(params, "fewshot.shots", DEFAULT_SHOTS)
+        check(isinstance(shots, list) and shots and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1
+                                                        for s in shots) and len(set(shots)) == len(shots),
+              "fewshot.shots", f"must be a non-empty list of distinct integers >= 1, got {shots!r}")
+        seeds = get(params, "fewshot.seeds", 3)
+        check(isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1, "fewshot.seeds",
+              f"must be an integer >= 1, got {seeds!r}")
+        methods = get(params, "fewshot.methods", DEFAULT_METHODS)
+        check(isinstance(methods, list) and methods and all(isinstance(m, str) and m for m in methods)
+              and len(set(methods)) == len(methods), "fewshot.methods",
+              f"must be a non-empty list of distinct method names, got {methods!r}")
+
+        unknown = [m for m in methods if m not in REGISTRY]
+        check(not unknown, "fewshot.methods", f"names unknown method(s) {', '.join(map(repr, unknown))} "
+              f"(known: {', '.join(sorted(REGISTRY))})")
+        inject = get(params, "fewshot.inject", False)
+        check(isinstance(inject, bool), "fewshot.inject", f"must be true or false, got {inject!r}")
+        seed = get(params, "seed", 0)
+        check(isinstance(seed, int) and not isinstance(seed, bool), "seed", f"must be an integer, got {seed!r}")
+        scheme, k = get(params, "cv.scheme", "official"), get(params, "cv.k", 5)
+        check(scheme in SCHEMES, "cv.scheme", f"must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+        check(isinstance(k, int) and not isinstance(k, bool) and k >= 2, "cv.k", f"must be an integer >= 2, got {k!r}")
+        return cls(tuple(sorted(shots)), seeds, tuple(methods), inject, seed, scheme, k, get(params, "model.variant", None))
+
+
+# --------------------------------------------------------------------------- draws
+
+
+def needs_validation(method: str) -> bool:
+    return VALIDATION in REGISTRY[method].needs
+
+
+def feasible_shots(labels: np.ndarray, splits: list[Split], shots, with_val: bool) -> list[int]:
+    """The shot counts every fold's training side can supply for every class (k, or 2k with
+    the validation draw); the others are skipped with one warning."""
+    fewest = min(int(np.bincount(labels[s.train_all], minlength=labels.max() + 1).min()) for s in splits)
+    per = 2 if with_val else 1
+    kept = [k for k in shots if per * k <= fewest]
+    skipped = [k for k in shots if k not in kept]
+    if skipped:
+        warnings.warn(
+            f"fewshot.shots {skipped} skipped: the training folds hold only {fewest} clips of the rarest class "
+            f"(a {per}k-per-class draw{' with the validation draw' if with_val else ''} is needed)", stacklevel=2)
+    if not kept:
+        raise ParamError(f"params: 'fewshot.shots' {list(shots)}: no shot count fits the training folds "
+                         f"({fewest} clips of the rarest class)")
+    return kept
+
+
+def class_permutations(labels: np.ndarray, pool: np.ndarray, seed) -> list[np.ndarray]:
+    """One seeded permutation of the pool's clips of each class."""
+    rng = np.random.default_rng(seed)
+    pool = np.sort(np.asarray(pool))
+    return [rng.permutation(pool[labels[pool] == c]) for c in np.unique(labels[pool])]
+
+
+def draw(perms: list[np.ndarray], k: int, with_val: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(fitting, validation) indices: the first k of each class's permutation, and its last k."""
+    fit = np.sort(np.concatenate([p[:k] for p in perms]))
+    val = np.sort(np.concatenate([p[-k:] for p in perms])) if with_val else np.array([], dtype=np.int64)
+    if with_val and any(len(p) < 2 * k for p in perms):
+        raise ValueError(f"a {k}-shot draw with validation needs {2 * k} clips per class")
+    return fit, val
+
+
+# --------------------------------------------------------------------------- shared resources
+
+
+
+
+
+
+# need -> builder(params, text, dataset, store) returning the FoldData.context entries it provides
+
+
+
+
+# --------------------------------------------------------------------------- full-data results
+
+
+def full_data_accuracy(path: Path, method: str) -> tuple[float, float] | None:
+    """(mean, std) over folds of a method's full-data test accuracy, from its results file
+    (test logits per clip, the fold each clip was tested in, labels); None if it is absent
+    or holds no such arrays."""
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        files = set(z.files)
+        for prefix in ("", f"{method}/"):
+            if {f"{prefix}logits", f"{prefix}fold_of", "labels"} <= files:
+                logits, fold_of, labels = z[f"{prefix}logits"], z[f"{prefix}fold_of"], z["labels"]
+                break
+        else:
+            return None
+    tested = fold_of >= 0
+    correct = logits[tested].argmax(1) == labels[tested]
+    acc = np.array([correct[fold_of[tested] == f].mean() for f in np.unique(fold_of[tested])])
+    return float(acc.mean()), float(acc.std(ddof=1)) if len(acc) > 1 else 0.0
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _stats(values) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+
+
+def run_grid(store, text, splits: list[Split], p: FewshotParams, params: dict, methods, context: dict | None = None):
+    """Every method × fold × seed × shot count: a row per run (accuracy on the full test fold)."""
+    with_val = any(needs_validation(m) for m in methods)
+    shots = feasible_shots(store.label, splits, p.shots, with_val)
+    context = {} if context is None else context
+    rows = []
+    runs = [(f, s, k) for f in range(len(splits)) for s in range(p.seeds) for k in shots]
+    for f, s, k in tqdm(runs, desc="fewshot", leave=False):
+        split = splits[f]
+        perms = class_permutations(store.label, split.train_all, (p.seed, f, s))
+        fit, val = draw(perms, k, with_val)
+        for method in methods:
+            own_val = val if needs_validation(method) else np.array([], dtype=np.int64)
+            data = FoldData(store, text, Split(f"{split.name}/seed{s}/{k}shot", fit, own_val, split.test),
+                            seed=p.seed + 1000 * s + f, unlabelled=split.train_all, context=context)
+            est = build(method, params).fit(data)
+            acc = float((est.logits(data, split.test).argmax(1) == store.label[split.test]).mean())
+            rows.append(dict(method=method, fold=split.name, seed=s, shots=k, accuracy=acc, params=int(est.n_params_)))
+    return rows, shots
+
+
+def fewshot_dataset(params: dict, dataset: str, metrics_path: Path | None = None, plots_dir: Path | None = None) -> dict:
+    """The few-shot grid on one dataset → metrics/<dataset>/fewshot.json and plots/fewshot/<dataset>/
+    (curves.csv, runs.csv, notes.json, the figure). Returns the metrics."""
+    import pandas as pd
+
+    p = FewshotParams.read(params)
+    check(isinstance(dataset, str) and dataset, "datasets", f"must hold dataset names, got {dataset!r}")
+    metrics_path = METRICS_DIR / dataset / "fewshot.json" if metrics_path is None else metrics_path
+    plots_dir = PLOTS_DIR / dataset if plots_dir is None else plots_dir
+    methods = [m for m in p.methods if ENCODER not in REGISTRY[m].needs or p.inject]
+    left = [m for m in p.methods if m not in methods]
+    if left:
+        warnings.warn(f"fewshot.methods {left} run the audio encoder every epoch: left out (set fewshot.inject: true)",
+                      stacklevel=2)
+    check(bool(methods), "fewshot.methods", "leaves no method to run")
+    store = read_units(HEADS_DIR / f"{dataset}.zarr")
+    text = load_text_side(TEXT_DIR / f"{dataset}.npz", store.classes)
+    weights = "random" if "random" in (store.weights, text.weights) else store.weights
+    splits = make_splits(store.label, store.fold, p.scheme, p.k, p.seed, 0.0, warn=False)  # `train` reports the folds
+    with_val = any(needs_validation(m) for m in methods)
+    feasible_shots(store.label, splits, p.shots, with_val)  # fail on impossible shots before any model is built
+    context = method_context([REGISTRY[m] for m in methods], params, text, dataset, store, "fewshot.methods")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the skipped shots were reported above
+        rows, shots = run_grid(store, text, splits, p, params, methods, context)
+    runs = pd.DataFrame(rows)
+
+    zs = [float((zeroshot_logits(store.embedding[s.test], text).argmax(1) == store.label[s.test]).mean()) for s in splits]
+    full_x = float(np.mean([len(s.train_all) / len(np.unique(store.label)) for s in splits]))
+    curves, notes = [], []
+    metrics = {"weights": weights, "accuracy": {}}
+    for method in methods:
+        per = runs[runs.method == method]
+        metrics["accuracy"][method] = {}
+        for k in shots:
+            acc = per[per.shots == k].accuracy
+            st = _stats(acc)
+            metrics["accuracy"][method][str(k)] = st
+            curves.append(dict(dataset=dataset, method=method, point=str(k), shots=float(k), accuracy_mean=st["mean"],
+                               accuracy_std=st["std"], runs=len(acc), params=int(per[per.shots == k].params.max()),
+                               weights=weights))
+        full = full_data_accuracy(RESULTS_DIR / dataset / f"{method}.npz", method)
+        if full is None:
+            notes.append(f"{method}: no full-data results at {RESULTS_DIR / dataset / f'{method}.npz'}; point skipped")
+            continue
+        curves.append(dict(dataset=dataset, method=method, point="full", shots=full_x, accuracy_mean=full[0],
+                           accuracy_std=full[1], runs=len(splits), params=-1, weights=weights))
+    st = _stats(zs)
+    curves.append(dict(dataset=dataset, method="zeroshot_reference", point="all", shots=float("nan"),
+                       accuracy_mean=st["mean"], accuracy_std=st["std"], runs=len(splits), params=0, weights=weights))
+    curves = pd.DataFrame(curves)
+    for note in notes:
+        print(f"fewshot: {note}")
+
+    with atomic_path(plots_dir) as tmp:
+        tmp.mkdir(parents=True)
+        curves.to_csv(tmp / "curves.csv", index=False, float_format="%.6g")
+        runs.assign(dataset=dataset, weights=weights).to_csv(tmp / "runs.csv", index=False, float_format="%.6g")
+        (tmp / "notes.json").write_text(json.dumps({"full_data": notes}, indent=2) + "\n")
+        figure(curves, dataset, weights, tmp / "curves.png")
+    write_json(metrics_path, metrics)
+    return metrics
+
+
+def figure(curves, dataset: str, weights: str, path: Path) -> None:
+    """Accuracy against shots (log scale), one line per method, the full-data point at the
+    right (dashed), the zero-shot level as a horizontal line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ref = curves[curves.method == "zeroshot_reference"]
+    for i, (method, part) in enumerate((m, g) for m, g in curves.groupby("method", sort=False) if m != "zeroshot_reference"):
+        color = f"C{i % 10}"
+        shots = part[part.point != "full"].sort_values("shots")
+        counts = sorted(set(shots.params))
+        n_params = f"{counts[0]} params" if len(counts) == 1 else f"{counts[0]}–{counts[-1]} params"
+        ax.errorbar(shots.shots, shots.accuracy_mean, yerr=shots.accuracy_std, marker="o", ms=4, capsize=2,
+                    color=color, label=f"{method} ({n_params})")
+        full = part[part.point == "full"]
+        if len(full) and len(shots):
+            ax.plot([shots.shots.iloc[-1], full.shots.iloc[0]], [shots.accuracy_mean.iloc[-1], full.accuracy_mean.iloc[0]],
+                    ls="--", color=color, lw=1)
+            ax.errorbar(full.shots, full.accuracy_mean, yerr=full.accuracy_std, marker="s", color=color, capsize=2)
+    if len(ref):
+        ax.axhline(float(ref.accuracy_mean.iloc[0]), color="k", ls=":", lw=1.2, label="zero-shot")
+    ax.set_xscale("log", base=2)
+    ticks = sorted(curves.loc[curves.point.str.isnumeric(), "shots"].unique())
+    full_x = curves.loc[curves.point == "full", "shots"]
+    labels = [str(int(t)) for t in ticks]
+    if len(full_x):
+        ticks, labels = ticks + [float(full_x.iloc[0])], labels + [f"full (~{full_x.iloc[0]:.0f})"]
+    ax.set_xticks(ticks, labels)
+    ax.minorticks_off()
+    ax.set_xlabel("labelled clips per class")
+    ax.set_ylabel("test accuracy (mean ± std over folds × seeds)")
+    ax.set_title(f"{dataset}: few-shot accuracy ({weights} weights)")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(params: dict, dataset: str) -> str:
+    """DVC stage `fewshot` on one dataset of `datasets`."""
+    fewshot_dataset(params, dataset)
+    return str(METRICS_DIR / dataset / "fewshot.json")

@@ -1,0 +1,40 @@
+"""The `model` stage: the checkpoint and the tokenizer files into data/models/, fetched once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..core.params import ParamError, get
+from ..data.fetch import (
+    OFFICIAL_CHECKPOINTS,
+    OFFICIAL_SHA256,
+    OFFLINE_HINTS,
+    NetworkError,
+    _against,
+    check_local_sources,
+    fetch_model,
+)
+
+
+def run(params: dict, workdir: str | os.PathLike = ".") -> dict:
+    """The `model` stage: the checkpoint and the tokenizer files into data/models/ (both sources
+    checked before anything is written; an official file name is checked against its published sha256)."""
+    workdir = Path(workdir)
+    checkpoint = get(params, "model.checkpoint")
+    checkpoint_sha256 = get(params, "model.checkpoint_sha256", None)
+    if isinstance(checkpoint, str) and checkpoint in OFFICIAL_CHECKPOINTS and not (workdir / checkpoint).exists():
+        published = OFFICIAL_SHA256.get(checkpoint)
+        if published and checkpoint_sha256 and str(checkpoint_sha256).lower() != published:
+            raise ParamError(f"params: 'model.checkpoint_sha256' is {checkpoint_sha256}, but {checkpoint} is published "
+                             f"with sha256 {published}")
+        checkpoint_sha256 = checkpoint_sha256 or published
+        checkpoint = OFFICIAL_CHECKPOINTS[checkpoint]  # an official file name stands for its URL
+    tokenizer = _against(workdir, get(params, "model.tokenizer", None))
+    checkpoint = _against(workdir, checkpoint)
+    check_local_sources([("model.checkpoint", checkpoint), ("model.tokenizer", tokenizer)])
+    try:
+        return fetch_model(checkpoint, tokenizer, workdir / "data" / "models", checkpoint_sha256)
+    except NetworkError as exc:
+        key = "tokenizer" if tokenizer and str(tokenizer).rstrip("/") in str(exc) else "checkpoint"
+        raise NetworkError(f"model.{key}: {exc}; {OFFLINE_HINTS[key]}") from None

@@ -1,0 +1,197 @@
+"""Turn a dataset's clips into one zarr store of model-ready log-mels plus a clip table.
+
+The store is sharded (few files), deterministic (byte-identical on re-run, so DVC does
+not re-run downstream stages), and written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from tqdm import tqdm
+from zarr.codecs import ZstdCodec
+
+from ..core.io import atomic_path
+from ..core.params import check, get
+from ..data import audio, datasets
+from ..data.fetch import original_source
+from ..models import checkpoints
+from ..models.laion import MelFrontEnd, checkpoint_from
+
+FRONT_ENDS = ("exact", "laion_api")  # preprocess.front_end
+CLIP_COLUMNS = ["clip_id", "path", "label", "label_name", "fold", "duration", "orig_sr"]
+WARNING_RANDOM = "RANDOM WEIGHTS: not a pretrained model; numbers are for testing the pipeline only"
+
+
+def _codecs():
+    return [ZstdCodec(level=3)]
+
+
+def create_table_array(group, name: str, values, chunk: int = 4096):
+    """A small 1-d array (ids, labels, folds), written whole."""
+    values = np.asarray(values)
+    dtype = str if values.dtype.kind in "UO" else values.dtype
+    arr = group.create_array(name, shape=values.shape, dtype=dtype, chunks=(min(chunk, max(len(values), 1)),),
+                             compressors=_codecs() if dtype is not str else "auto")
+    arr[:] = values
+    return arr
+
+
+def write_clip_table(clips, infos, path: Path) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CLIP_COLUMNS)
+    for clip, info in zip(clips, infos):
+        w.writerow([clip.clip_id, portable_path(clip.path), clip.label, clip.label_name, clip.fold,
+                    f"{info['duration']:.6f}", info["orig_sr"]])
+    path.write_text(buf.getvalue())
+
+
+def portable_path(path) -> str:
+    """The clip's path relative to the working directory when below it, so tables diff across machines."""
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+def preprocess(
+    clips,
+    classes: list[str],
+    front: MelFrontEnd,
+    store_path: str | Path,
+    table_path: str | Path,
+    *,
+    dataset: str,
+    weights: str,
+    crop: str | int = "start",
+    front_end: str = "exact",
+    batch_size: int = 16,
+    shard_clips: int = 64,
+    attrs: dict | None = None,
+    progress: bool = True,
+    min_seconds: float = audio.MIN_SECONDS,
+    origin=None,
+) -> dict:
+    """Decode, resample, pad/crop and log-mel every clip into `store_path`; return stage timings (s).
+
+    `origin(path)` names a clip's original file (the user's source) in audio errors.
+    `front_end`: 'exact' (soundfile, exact-length polyphase resampling) or 'laion_api' (the
+    file loaded and resampled as LAION's `get_audio_embedding_from_filelist` does)."""
+    if front_end not in FRONT_ENDS:
+        raise ValueError(f"front_end must be one of {FRONT_ENDS}, not {front_end!r}")
+    if not clips:
+        raise ValueError(f"{dataset}: no clips to preprocess")
+    store_path, table_path = Path(store_path), Path(table_path)
+    timings = defaultdict(float)
+    n = len(clips)
+    frames, mels = front(torch.zeros(1, audio.CLIP_SAMPLES)).shape[1:]
+    infos = []
+    with atomic_path(store_path) as tmp_store, atomic_path(table_path) as tmp_table:
+        group = zarr.open_group(tmp_store, mode="w", zarr_format=3)
+        shard = (min(shard_clips, n), frames, mels)
+        mel_arr = group.create_array("mel", shape=(n, frames, mels), dtype="float32", chunks=(1, frames, mels),
+                                     shards=shard, compressors=_codecs(), fill_value=0.0)
+        bar = tqdm(total=n, desc=f"preprocess {dataset}", unit="clip", disable=not progress or None)  # None: off when not a terminal
+        for start in range(0, n, shard[0]):
+            part = clips[start : start + shard[0]]
+            out = np.empty((len(part), frames, mels), dtype=np.float32)
+            for b in range(0, len(part), batch_size):
+                batch = part[b : b + batch_size]
+                waves = []
+                for clip in batch:
+                    t0 = time.perf_counter()
+                    try:
+                        x, sr = audio.decode(clip.path)
+                        audio.check_duration(clip.path, len(x), sr, min_seconds)
+                        infos.append({"orig_sr": sr, "duration": len(x) / sr})
+                        t1 = time.perf_counter()
+                        x = audio.load_laion_api(clip.path) if front_end == "laion_api" else audio.resample(x, sr)
+                        x = audio.check_audible(clip.path, audio.quantize_int16(x))
+                    except audio.AudioError as exc:
+                        if origin is None:
+                            raise
+                        raise audio.AudioError(str(exc).replace(str(clip.path), origin(clip.path), 1)) from None
+                    x = audio.fit_length(x, audio.CLIP_SAMPLES, crop)
+                    t2 = time.perf_counter()
+                    timings["decode"] += t1 - t0
+                    timings["resample"] += t2 - t1
+                    waves.append(x)
+                t0 = time.perf_counter()
+                out[b : b + len(batch)] = front(torch.from_numpy(np.stack(waves))).numpy()
+                timings["mel"] += time.perf_counter() - t0
+                bar.update(len(batch))
+            t0 = time.perf_counter()
+            mel_arr[start : start + len(part)] = out
+            timings["write"] += time.perf_counter() - t0
+        bar.close()
+        create_table_array(group, "clip_id", [c.clip_id for c in clips])
+        create_table_array(group, "label", np.array([c.label for c in clips], dtype=np.int64))
+        create_table_array(group, "fold", np.array([c.fold for c in clips], dtype=np.int64))
+        meta = {
+            "dataset": dataset,
+            "classes": list(classes),
+            "mel_sha256": front.fingerprint(),
+            "weights": weights,
+            "audio": {k: front.audio_cfg[k] for k in ("sample_rate", "window_size", "hop_size", "mel_bins", "fmin", "fmax", "clip_samples")},
+            "crop": crop,
+            "fill": "repeatpad",
+            "front_end": front_end,
+        }
+        if weights == "random":
+            meta["warning"] = WARNING_RANDOM
+        meta.update(attrs or {})
+        group.attrs.update(meta)
+        write_clip_table(clips, infos, Path(tmp_table))
+    return dict(timings)
+
+
+def run(params: dict, name: str, workdir: str | Path = ".") -> Path:
+    """The `preprocess` stage of dataset `name`: data/raw/<name>/ into data/mel/<name>.zarr."""
+    workdir = Path(workdir)
+    check(isinstance(name, str) and name in datasets.DATASETS, "datasets",
+          f"is {name!r}; known datasets: {', '.join(datasets.DATASETS)}")
+    config = get(params, f"data.{name}", {}) or {}
+    options = {k: v for k, v in config.items() if k not in ("source", "sha256", "limit")}
+    limit = config.get("limit")
+    check(limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit > 0),
+          f"data.{name}.limit", f"must be a positive integer or null, not {limit!r}")
+    seed = get(params, "seed", 0)
+    crop = get(params, "preprocess.crop", "start")
+    check(crop in ("start", "center") or (isinstance(crop, int) and not isinstance(crop, bool) and crop >= 0),
+          "preprocess.crop", f"must be 'start', 'center' or a sample offset >= 0, not {crop!r}")
+    front_end = get(params, "preprocess.front_end", "exact")
+    check(front_end in FRONT_ENDS, "preprocess.front_end", f"must be one of {', '.join(FRONT_ENDS)}, not {front_end!r}")
+    batch_size = get(params, "preprocess.batch_size", 16)
+    check(isinstance(batch_size, int) and batch_size > 0, "preprocess.batch_size", "must be a positive integer")
+    min_seconds = get(params, "preprocess.min_seconds", audio.MIN_SECONDS)
+    check(isinstance(min_seconds, (int, float)) and not isinstance(min_seconds, bool) and min_seconds >= 0,
+          "preprocess.min_seconds", f"must be a number >= 0, not {min_seconds!r}")
+
+    clips, classes = datasets.list_clips(name, workdir / "data" / "raw" / name, **options)
+    clips = datasets.select(clips, limit, seed)
+    checkpoint = checkpoint_from(workdir / "data" / "models")
+    variant = get(params, "model.variant", "tiny")
+    front = checkpoints.front_end(checkpoint, variant)
+    weights = "random" if checkpoint == "random" else "pretrained"
+    out = workdir / "data" / "mel"
+    used = {"dataset": name, "limit": limit, "seed": seed, "crop": crop, "min_seconds": min_seconds,
+            "front_end": front_end}
+    if weights == "random":
+        print(f"preprocess: {WARNING_RANDOM}", file=sys.stderr)
+    raw = workdir / "data" / "raw" / name
+    timings = preprocess(clips, classes, front, out / f"{name}.zarr", out / f"{name}.csv", dataset=name,
+                         weights=weights, crop=crop, front_end=front_end, batch_size=batch_size,
+                         attrs={"params": used}, min_seconds=min_seconds,
+                         origin=lambda path: original_source(raw, path))
+    total = sum(timings.values())
+    print(f"preprocess: {len(clips)} clips of {name}, {len(classes)} classes; "
+          + ", ".join(f"{k} {v / total:.0%}" for k, v in timings.items()), file=sys.stderr)
+    return out / f"{name}.zarr"

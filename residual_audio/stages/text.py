@@ -1,0 +1,48 @@
+"""The `text` stage: the zero-shot class vectors, temperature and frozen audio projection of one dataset -> data/text/<dataset>.npz."""
+
+from __future__ import annotations
+
+from ..core.io import sha256_file
+from ..core.params import ParamError, check, get
+from ..data.paths import HEADS_DIR, MODELS_DIR, TEXT_DIR
+from ..evaluation.zeroshot import DEFAULT_TEMPLATES, build_text_side, save_text_side
+from ..models import hf
+from ..models.checkpoints import load_model
+from ..models.laion import load_tokenizer
+
+
+def run(params: dict, dataset: str) -> None:
+    """Class vectors, temperature and frozen audio projection per dataset → data/text/<dataset>.npz."""
+    import zarr
+
+
+    datasets = [dataset]
+    checkpoint = str(get(params, "model.checkpoint", "random"))
+    variant = get(params, "model.variant", "tiny")
+    tokenizer = get(params, "model.tokenizer", None)
+    templates = get(params, "zeroshot.templates", list(DEFAULT_TEMPLATES))
+    if isinstance(templates, str):
+        templates = [templates]
+    check(isinstance(templates, list) and templates and all(isinstance(t, str) and "{label}" in t for t in templates),
+          "zeroshot.templates", "must be a non-empty list of strings, each with a '{label}' placeholder")
+    random = checkpoint.strip().lower() == "random"
+    folder = MODELS_DIR / hf.FOLDER  # the model stage's ClapModel folder, else its checkpoint.pt
+    checkpoint_file = "random" if random else str(folder if hf.is_folder(folder) else MODELS_DIR / "checkpoint.pt")
+    own_tokenizer = None if random else hf.tokenizer_dir(checkpoint_file)  # a ClapModel folder's own files
+    if own_tokenizer is None and (tokenizer is None or not str(tokenizer).strip()):
+        raise ParamError(
+            "params: 'model.tokenizer' is empty: the zero-shot class vectors need the roberta-base tokenizer "
+            f"(vocab.json + merges.txt){', with random weights too' if checkpoint.strip().lower() == 'random' else ''}"
+        )
+    classes = {}
+    for ds in datasets:
+        path = HEADS_DIR / f"{ds}.zarr"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: extraction store not found")
+        classes[ds] = list(zarr.open_group(str(path), mode="r").attrs["classes"])
+    tok = load_tokenizer(own_tokenizer or MODELS_DIR / "tokenizer")
+    model = load_model(checkpoint_file, variant)
+    sha = "" if random else sha256_file(hf.identity_file(checkpoint_file))
+    sides = {ds: build_text_side(model, tok, classes[ds], templates, sha) for ds in datasets}
+    for ds, side in sides.items():
+        save_text_side(TEXT_DIR / f"{ds}.npz", side)

@@ -1,0 +1,63 @@
+"""The `train` stage: every method of `methods` fitted per fold on one dataset -> data/results/<dataset>/<method>.npz."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..core.io import atomic_path
+from ..data.paths import RESULTS_DIR, TEXT_DIR
+from ..evaluation import results as al
+from ..evaluation.live import TrainingLog
+from ..evaluation.live import enabled as live_enabled
+from ..evaluation.zeroshot import load_text_side
+from ..methods import FoldData, build
+from .common import AlignmentParams, method_context, _store, _weights, splits_for
+
+
+def run(params: dict, dataset: str) -> Path:
+    """Every method of `methods` on every fold of `dataset` → data/results/<dataset>/<method>.npz."""
+    return train_dataset(params, dataset)
+
+
+def train_dataset(params: dict, dataset: str) -> Path:
+    """One loop over folds and methods for one dataset; every method is built (its params checked)
+    before any work, and the results directory is replaced atomically at the end."""
+    p = AlignmentParams.read(params, dataset)
+    estimators = {m: build(m, params) for m in p.methods}  # unknown names and bad hyper-parameters fail here
+    store = _store(dataset)
+    text = load_text_side(TEXT_DIR / f"{dataset}.npz", store.classes)
+    splits = splits_for(store, p)
+    context = method_context(estimators.values(), params, text, dataset, store)  # before any method runs
+    weights = _weights(store, text)
+    if context.get("weights") == "random":
+        weights = "random"
+    results = {m: [] for m in p.methods}
+    live = TrainingLog(dataset, live_enabled(params), weights=weights)
+    for i, split in enumerate(tqdm(splits, desc=f"train {dataset}")):
+        context["pca"] = {}  # per-fold PCA cache shared by the recipes
+        data = FoldData(store, text, split, seed=p.seed + i, context=context)
+        for m in p.methods:
+            est = build(m, params).fit(data)
+            for row in getattr(est, "history_", []):  # the kept run's curve, as soon as the fold is fitted
+                if "epoch" in row:
+                    live.log(m, split.name, row)
+            logits = est.logits(data, split.test)
+            extra = dict(est.artefacts())
+            extra.update(train=split.train, val=split.val)
+            if hasattr(est, "chosen"):
+                extra["chosen"] = est.chosen()
+            results[m].append(al.FoldResult(m, split.name, split.test, np.asarray(logits, np.float32),
+                                            int(est.n_params_), list(getattr(est, "history_", [])), extra))
+    live.close()
+    out = RESULTS_DIR / dataset
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        for m, res in results.items():
+            meta = {"inject_layers": sorted(p.inject_layers), "seed": p.seed, "cv": {"scheme": p.scheme, "k": p.k,
+                    "val_fraction": p.val_fraction}}
+            al.save_method_results(tmp / f"{m}.npz", m, res, store.label, store.classes, weights,
+                                   estimators[m].get_params(), meta)
+    return out
