@@ -739,3 +739,63 @@ def test_a_class_folder_without_clips_is_refused_naming_it(tmp_path):
     with pytest.raises(DatasetError) as err:
         read_folder(src)
     assert str(err.value) == f"{src / 'cls2'}: class folder without audio files; add its clips or remove the folder"
+
+
+# --------------------------------------------------------------------------- stores: complete or refused
+
+
+def _sealed_store(path: Path) -> Path:
+    """A store written with zarr directly (three chunks of 'x'), then sealed as every writer seals."""
+    import zarr
+
+    from residual_audio.data.stores import seal
+
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("x", data=np.arange(12, dtype=np.float32).reshape(6, 2) + 1, chunks=(2, 2))
+    seal(group)
+    return path
+
+
+def test_a_store_missing_a_chunk_file_is_refused_not_read_as_zeros(tmp_path):
+    import zarr
+
+    from residual_audio.data.stores import StoreError, open_store
+
+    path = _sealed_store(tmp_path / "s.zarr")
+    assert open_store(path, arrays=("x",))["x"][:].min() == 1
+    chunk = path / "x" / "c" / "1" / "0"
+    assert chunk.is_file()
+    chunk.unlink()  # what a broken copy or a half-pulled cache leaves
+    assert (zarr.open_group(str(path), mode="r")["x"][2:4] == 0).all()  # zarr alone reads zeros
+    with pytest.raises(StoreError) as err:
+        open_store(path, arrays=("x",), hint="run the extract stage")
+    assert str(err.value) == (f"{path}: array 'x' holds 2 of the 3 chunks written (a chunk file is missing; zarr would "
+                              "read a missing one as zeros); run the extract stage")
+
+
+def test_a_store_without_a_chunk_record_is_refused_naming_the_stage(tmp_path):
+    import zarr
+
+    from residual_audio.data.stores import StoreError, open_store
+
+    zarr.open_group(str(tmp_path / "old.zarr"), mode="w").create_array("x", data=np.ones(4, np.float32))
+    with pytest.raises(StoreError, match=r"old.zarr: no chunk record \(written by an older version of the pipeline, "
+                                         r"or not by it\); run the preprocess stage"):
+        open_store(tmp_path / "old.zarr", hint="run the preprocess stage")
+
+
+def test_every_reader_of_the_heads_store_refuses_a_missing_chunk(tmp_path):
+    from residual_audio.analysis import geometry
+    from residual_audio.data.stores import StoreError
+    from residual_audio.data.synthetic import synthetic_store
+    from residual_audio.data.units import read_units
+    from residual_audio.methods.residual.inject import read_head_outputs
+
+    path = tmp_path / "heads.zarr"
+    synthetic_store(path, n_per_class=2, n_classes=3)
+    next(p for p in sorted((path / "direct" / "units" / "c").rglob("*")) if p.is_file()).unlink()
+    with pytest.raises(StoreError, match=r"heads.zarr: array 'direct/units' holds 0 of the 1 chunks written"):
+        read_units(path)
+    for reader in (read_head_outputs, geometry.open_store):
+        with pytest.raises(StoreError, match="'direct/units' holds 0 of the 1 chunks written"):
+            reader(path)
