@@ -126,6 +126,8 @@ def rss_child(args) -> None:
     n = args.rss_child
     model = build_model(args.variant)
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        from residual_audio.data.stores import seal
+
         store = Path(tmp) / "mel.zarr"
         g = zarr.open_group(store, mode="w")
         mel = g.create_array("mel", shape=(n, 1001, 64), dtype="float32", chunks=(16, 1001, 64))
@@ -136,6 +138,7 @@ def rss_child(args) -> None:
         g.create_array("label", data=np.zeros(n, np.int64), chunks=(n,))
         g.create_array("fold", data=np.ones(n, np.int64), chunks=(n,))
         g.attrs.update(classes=["noise"], mel_sha256=mel_fingerprint(model), dataset="bench")
+        seal(g)
         gc.collect()
         reset = reset_peak_rss()  # building the model has its own, higher, peak
         before = status_mib("VmRSS")

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from residual_audio.data.stores import seal
+
 HEAD_DIM = 24
 
 
@@ -75,4 +77,5 @@ def write_heads_store(
             "dataset": dataset,
         }
     )
+    seal(group)
     return {"rows": rows, "stage_dims": stage_dims, "discriminative": [tuple(d) for d in discriminative], "label": label}

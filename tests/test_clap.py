@@ -207,8 +207,8 @@ def test_laion_clap_import_never_reaches_the_hub():
         "def refuse(*a, **k): raise AssertionError('network access attempted')\n"
         "socket.socket.connect = refuse\n"
         "socket.create_connection = refuse\n"
-        "from residual_audio import clap\n"
-        "clap.import_laion_clap()\n"
+        "from residual_audio.models import laion\n"
+        "laion.import_laion_clap()\n"
         "print('ok')\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}

@@ -15,6 +15,7 @@ import zarr
 
 from residual_audio.core.params import load_params
 from residual_audio.data import fetch as download
+from residual_audio.data.stores import seal
 from residual_audio.models import checkpoints, hf
 from residual_audio.models import laion as clap
 
@@ -150,7 +151,9 @@ def test_class_vectors_from_the_folders_own_tokenizer(hf_folder, loaded, clap_mo
     for name in hf.TOKENIZER_FILES:
         shutil.copy(shared_data / "roberta-base" / name, folder / name)
     classes = ["dog", "chirping_birds"]
-    zarr.open_group(tmp_path / "data" / "heads" / "esc50.zarr", mode="w").attrs["classes"] = classes
+    heads = zarr.open_group(tmp_path / "data" / "heads" / "esc50.zarr", mode="w")
+    heads.attrs["classes"] = classes
+    seal(heads)
     monkeypatch.chdir(tmp_path)
     text_stage_module.run({"datasets": ["esc50"], "model": {"checkpoint": "hf:laion/clap-htsat-unfused", "variant": "tiny",
                                                             "tokenizer": None}}, "esc50")

@@ -346,7 +346,8 @@ def test_every_key_of_params_yaml_is_in_the_schema():
 
     patterns = list(SCHEMA)
     for key in leaves(params):
-        assert any(len(p.split(".")) == len(key.split(".")) and all(a in ("*", b) for a, b in zip(p.split("."), key.split(".")))
+        assert any(len(p.split(".")) == len(key.split(".")) and all(
+            a == b or (a.startswith("{") and b in a[1:-1].split("|")) for a, b in zip(p.split("."), key.split(".")))
                    for p in patterns), key
 
 
@@ -665,3 +666,136 @@ def test_evaluate_out_of_space_keeps_the_previous_outputs(tmp_path):
     assert out.returncode == 1 and len(lines) == 1 and "out of disk space" in lines[0], out.stderr[-2000:]
     assert snapshot(root) == before  # metrics not rewritten, no figure lost
     assert not [p for p in root.rglob(".*.tmp-*")] and not [p for p in root.rglob(".*.old-*")]
+
+
+# --------------------------------------------------------------------------- strict params
+
+
+def test_a_key_given_twice_is_refused_with_both_line_numbers(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 0\ntrain:\n  max_epochs: 3\n  patience: 2\n  max_epochs: 30\n")
+    with pytest.raises(ParamError) as err:
+        load_params(path)
+    assert str(err.value) == (f"{path}, lines 3 and 5: key 'max_epochs' is given twice "
+                              "(YAML would keep the last silently)")
+    path.write_text("seed: 0\ntrain:\n  max_epochs: 3\nseed: 1\n")
+    with pytest.raises(ParamError, match="lines 1 and 4: key 'seed'"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p["residual"]["recipes"].update(fien={"lr": 0.1}),
+     "unknown parameter 'residual.recipes.fien'; did you mean 'residual.recipes.fine'?"),
+    (lambda p: p["data"].update(esc5O={"limit": 3}), "unknown parameter 'data.esc5O'; did you mean 'data.esc50'?"),
+])
+def test_a_misspelt_recipe_or_dataset_name_is_refused(edit, message):
+    params = repo_params()
+    edit(params)
+    with pytest.raises(ParamError) as err:
+        validate(params)
+    assert message in str(err.value)
+
+
+def test_the_schemas_dataset_and_recipe_names_are_the_registered_ones():
+    from residual_audio.core.schema import DATASET_NAMES, RECIPE_NAMES
+    from residual_audio.data.datasets import DATASETS
+    from residual_audio.methods.residual.maths import RECIPES
+
+    assert set(DATASET_NAMES) == set(DATASETS) and set(RECIPE_NAMES) == set(RECIPES)
+
+
+# --------------------------------------------------------------------------- strict sources
+
+
+def test_a_csv_row_that_does_not_fit_its_header_is_refused_naming_file_and_line(tmp_path):
+    src = folder_source(tmp_path / "src")
+    table = src / "labels.csv"
+    table.write_text("path,label,fold\ncls0/cls0-0.wav,cls0,1\ncls1/cls1-0.wav,dog, barking,2\n")  # written by hand
+    with pytest.raises(DatasetError) as err:
+        read_folder(src, "labels.csv")
+    assert str(err.value) == f"{table}, line 3: 4 fields where the header has 3 (quote a value that holds a comma)"
+    table.write_text("path,label,fold\ncls0/cls0-0.wav,cls0\n")
+    with pytest.raises(DatasetError, match=r"labels.csv, line 2: 2 fields where the header has 3"):
+        read_folder(src, "labels.csv")
+    table.write_text('path,label,fold\ncls0/cls0-0.wav,"dog, barking",1\ncls1/cls1-0.wav,cat,2\n')  # quoted: fine
+    clips, classes = read_folder(src, "labels.csv")
+    assert classes == ["cat", "dog, barking"] and sorted(c.fold for c in clips) == [1, 2]
+
+
+@pytest.mark.parametrize("fold", ["1.7", "-1", "two"])
+def test_a_fold_that_is_not_a_whole_number_is_refused(tmp_path, fold):
+    src = folder_source(tmp_path / "src")
+    (src / "labels.csv").write_text(f"path,label,fold\ncls0/cls0-0.wav,cls0,{fold}\ncls1/cls1-0.wav,cls1,2\n")
+    with pytest.raises(DatasetError, match=rf"labels.csv, line 2: column 'fold' must be a whole number >= 0, not '{fold}'"):
+        read_folder(src, "labels.csv")
+    (src / "labels.csv").write_text("path,label,fold\ncls0/cls0-0.wav,cls0,0\ncls1/cls1-0.wav,cls1,3.0\n")
+    assert sorted(c.fold for c in read_folder(src, "labels.csv")[0]) == [0, 3]  # 0: no fold; 3.0 is 3
+
+
+def test_a_class_folder_without_clips_is_refused_naming_it(tmp_path):
+    src = folder_source(tmp_path / "src")
+    (src / "cls2").mkdir()
+    (src / "cls2" / "notes.txt").write_text("no audio here\n")
+    with pytest.raises(DatasetError) as err:
+        read_folder(src)
+    assert str(err.value) == f"{src / 'cls2'}: class folder without audio files; add its clips or remove the folder"
+
+
+# --------------------------------------------------------------------------- stores: complete or refused
+
+
+def _sealed_store(path: Path) -> Path:
+    """A store written with zarr directly (three chunks of 'x'), then sealed as every writer seals."""
+    import zarr
+
+    from residual_audio.data.stores import seal
+
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("x", data=np.arange(12, dtype=np.float32).reshape(6, 2) + 1, chunks=(2, 2))
+    seal(group)
+    return path
+
+
+def test_a_store_missing_a_chunk_file_is_refused_not_read_as_zeros(tmp_path):
+    import zarr
+
+    from residual_audio.data.stores import StoreError, open_store
+
+    path = _sealed_store(tmp_path / "s.zarr")
+    assert open_store(path, arrays=("x",))["x"][:].min() == 1
+    chunk = path / "x" / "c" / "1" / "0"
+    assert chunk.is_file()
+    chunk.unlink()  # what a broken copy or a half-pulled cache leaves
+    assert (zarr.open_group(str(path), mode="r")["x"][2:4] == 0).all()  # zarr alone reads zeros
+    with pytest.raises(StoreError) as err:
+        open_store(path, arrays=("x",), hint="run the extract stage")
+    assert str(err.value) == (f"{path}: array 'x' holds 2 of the 3 chunks written (a chunk file is missing; zarr would "
+                              "read a missing one as zeros); run the extract stage")
+
+
+def test_a_store_without_a_chunk_record_is_refused_naming_the_stage(tmp_path):
+    import zarr
+
+    from residual_audio.data.stores import StoreError, open_store
+
+    zarr.open_group(str(tmp_path / "old.zarr"), mode="w").create_array("x", data=np.ones(4, np.float32))
+    with pytest.raises(StoreError, match=r"old.zarr: no chunk record \(written by an older version of the pipeline, "
+                                         r"or not by it\); run the preprocess stage"):
+        open_store(tmp_path / "old.zarr", hint="run the preprocess stage")
+
+
+def test_every_reader_of_the_heads_store_refuses_a_missing_chunk(tmp_path):
+    from residual_audio.analysis import geometry
+    from residual_audio.data.stores import StoreError
+    from residual_audio.data.synthetic import synthetic_store
+    from residual_audio.data.units import read_units
+    from residual_audio.methods.residual.inject import read_head_outputs
+
+    path = tmp_path / "heads.zarr"
+    synthetic_store(path, n_per_class=2, n_classes=3)
+    next(p for p in sorted((path / "direct" / "units" / "c").rglob("*")) if p.is_file()).unlink()
+    with pytest.raises(StoreError, match=r"heads.zarr: array 'direct/units' holds 0 of the 1 chunks written"):
+        read_units(path)
+    for reader in (read_head_outputs, geometry.open_store):
+        with pytest.raises(StoreError, match="'direct/units' holds 0 of the 1 chunks written"):
+            reader(path)

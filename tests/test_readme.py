@@ -121,3 +121,17 @@ def test_sweep_table_reads_the_per_dataset_metrics_of_dvc_exp_show():
     frame = sweep_table.table(tree, ["residual_fine"])
     assert list(frame.experiment) == ["a", "b"] and list(frame.accuracy) == [0.6, 0.7]
     assert set(frame.dataset) == {"esc50"} and list(frame.inject_layers) == ["[0]", "[0, 1, 2, 3]"]
+
+
+def test_help_texts_fit_100_columns_and_name_the_listed_datasets():
+    from residual_audio.core.params import load_params
+    from residual_audio.core.pipeline import STAGES, overview, stage_help
+
+    params = load_params(REPO / "params.yaml")
+    params["datasets"] = ["esc50", "folder"]
+    for stage in STAGES.values():
+        text = stage_help(stage, params)
+        assert max(map(len, text.splitlines())) <= 100, stage.name
+        assert "${item}" not in text, stage.name
+    assert "data.esc50 " in stage_help(STAGES["download"], params) and "data.folder " in stage_help(STAGES["download"], params)
+    assert max(map(len, overview().splitlines())) <= 100

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 import zarr
 
+from residual_audio.data.stores import seal
 from residual_audio.evaluation.zeroshot import TextSide, projection_weights, save_text_side
 from residual_audio.models.laion import log_mel, logit_scale, mel_fingerprint
 
@@ -44,6 +45,7 @@ def write_mel_store(path: Path, model, n: int, seed: int = 3) -> Path:
     g.create_array("label", data=label, chunks=(n,))
     g.create_array("fold", data=np.zeros(n, np.int64), chunks=(n,))
     g.attrs.update(dataset=path.stem, classes=CLASSES, mel_sha256=mel_fingerprint(model), weights="random")
+    seal(g)
     return path
 
 

@@ -91,7 +91,8 @@ class HeadStore:
 def open_store(path: str | Path) -> HeadStore:
     """Open a heads store and check everything the geometry stage relies on."""
     path = Path(path)
-    group = stores.open_store(path, attrs=("heads", "classes", "weights", "variant", "dataset"), kind="heads store")
+    group = stores.open_store(path, attrs=("heads", "classes", "weights", "variant", "dataset"), kind="heads store",
+                                hint="run the extract stage")
     attrs = dict(group.attrs)
     if attrs["weights"] not in ("random", "pretrained"):
         raise StoreError(f"{path}: attribute 'weights' must be 'random' or 'pretrained', got {attrs['weights']!r}")

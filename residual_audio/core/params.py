@@ -15,13 +15,38 @@ class ParamError(ValueError):
 _MISSING = object()
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key, first: int, again: int):
+        super().__init__(key, first, again)
+        self.key, self.first, self.again = key, first, again
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # an unhashable key: the base loader refuses it
+            if key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def load_params(path: str | Path = "params.yaml") -> dict:
     path = Path(path)
     if not path.exists():
         raise ParamError(f"{path}: parameter file not found")
     try:
         with open(path) as f:
-            params = yaml.safe_load(f) or {}
+            params = yaml.load(f, Loader=_UniqueKeyLoader) or {}
+    except _DuplicateKey as exc:
+        raise ParamError(f"{path}, lines {exc.first} and {exc.again}: key {exc.key!r} is given twice "
+                         "(YAML would keep the last silently)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f", line {mark.line + 1}" if mark is not None else ""

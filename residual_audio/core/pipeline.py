@@ -5,6 +5,7 @@ and the help texts made from them. The stages' code is in `residual_audio.stages
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 from .params import get
@@ -52,34 +53,50 @@ STAGES = {s.name: s for s in (
 )}
 
 
+WIDTH = 100  # help texts wrap here
+
+
+def _wrap(text: str, indent: str = "", first: str | None = None) -> list[str]:
+    return textwrap.wrap(text, WIDTH, initial_indent=indent if first is None else first, subsequent_indent=indent,
+                         break_on_hyphens=False) or [indent]
+
+
 def _param_lines(stage: Stage, params: dict | None) -> list[str]:
+    """One line per key with its current value (wrapped at WIDTH); `${item}` keys once per listed dataset."""
+    datasets = None
+    if params is not None:
+        listed = get(params, "datasets", None)
+        datasets = [d for d in listed if isinstance(d, str)] if isinstance(listed, list) else None
     lines = []
-    for key in stage.params:
-        value = "(see params.yaml)"
-        if params is not None and "${item}" not in key:
-            missing = object()
-            found = get(params, key, missing)
-            value = "(not set)" if found is missing else repr(found)
-        lines.append(f"  {key:<28} {value}")
+    for pattern in stage.params:
+        keys = [pattern.replace("${item}", d) for d in datasets] if "${item}" in pattern and datasets else [pattern]
+        for key in keys:
+            value = "(see params.yaml)"
+            if params is not None and "${item}" not in key:
+                missing = object()
+                found = get(params, key, missing)
+                value = "(not set)" if found is missing else repr(found)
+            lines += _wrap(value, " " * 31, first=f"  {key:<28} ")
     return lines
 
 
 def stage_help(stage: Stage, params: dict | None = None) -> str:
     usage = f"python stages/{stage.name}.py" + (" <dataset>" if stage.per_dataset else "")
-    text = [f"usage: {usage}   (or: residual-audio {stage.name}{' <dataset>' if stage.per_dataset else ''})", "",
-            f"{stage.name}: {stage.summary}", ""]
+    text = [f"usage: {usage}   (or: residual-audio {stage.name}{' <dataset>' if stage.per_dataset else ''})", ""]
+    text += _wrap(f"{stage.name}: {stage.summary}") + [""]
     if stage.per_dataset:
-        text += ["<dataset> is one of the names in `datasets` (dvc.yaml runs one copy per dataset: "
-                 f"{stage.name}@<dataset>).", ""]
+        text += _wrap("<dataset> is one of the names in `datasets` (dvc.yaml runs one copy per dataset: "
+                      f"{stage.name}@<dataset>).") + [""]
     text += ["params.yaml keys it reads (current values):"] + _param_lines(stage, params)
     return "\n".join(text)
 
 
 def overview() -> str:
     width = max(map(len, STAGES))
-    lines = ["usage: residual-audio <stage> [<dataset>] [--help]", "",
-             "Stages of the DVC pipeline (dvc.yaml runs them; run one by hand with the same command):", ""]
-    lines += [f"  {s.name:<{width}}  {'per dataset  ' if s.per_dataset else 'all datasets '} {s.summary}"
-              for s in STAGES.values()]
+    lines = ["usage: residual-audio <stage> [<dataset>] [--help]", ""]
+    lines += _wrap("Stages of the DVC pipeline (dvc.yaml runs them; run one by hand with the same command):") + [""]
+    for s in STAGES.values():
+        head = f"  {s.name:<{width}}  {'per dataset ' if s.per_dataset else 'all datasets'} "
+        lines += _wrap(s.summary, " " * len(head), first=head)
     lines += ["", "`residual-audio <stage> --help` lists the params.yaml keys a stage reads."]
     return "\n".join(lines)

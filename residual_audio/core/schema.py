@@ -5,14 +5,17 @@ with the nearest known key suggested; a boolean is refused where a number is mea
 reads `yes`/`no`/`on`/`off` as booleans). Stages still check what depends on other
 values (e.g. a dataset's options); this table checks each key's type, choices and range.
 
-To add a parameter, add one line to `SCHEMA`. A `*` segment matches any name
-(`data.*.limit` covers `data.esc50.limit`, `data.folder.limit`, ...).
+To add a parameter, add one line to `SCHEMA`. A `{a|b}` segment matches one of the names listed
+(`data.{esc50|folder}.limit` covers `data.esc50.limit` and `data.folder.limit`), so a misspelt
+dataset or recipe name is refused like any unknown key. A new dataset or ResiDual recipe is
+declared by adding its name to `DATASET_NAMES` or `RECIPE_NAMES` below, beside its entry in
+`data.datasets.DATASETS` or `methods.residual.maths.RECIPES` (tests/test_hostile_input.py keeps
+the lists equal).
 """
 
 from __future__ import annotations
 
 import difflib
-import fnmatch
 from typing import Any
 
 from .params import ParamError
@@ -48,13 +51,18 @@ def Choice(*choices, null=False):  # noqa: N802
     return Str(null=null, choices=choices)
 
 
+DATASET_NAMES = ("esc50", "tinysol", "vocalsound", "folder")  # data.datasets.DATASETS
+RECIPE_NAMES = ("coarse", "fine", "full", "identity")  # methods.residual.maths.RECIPES
+_DATA = "data.{" + "|".join(DATASET_NAMES) + "}"
+_RECIPE = "residual.recipes.{" + "|".join(RECIPE_NAMES) + "}"
+
 SCHEMA: dict[str, dict] = {
     "seed": Int(min=0),
-    "datasets": List(Choice("esc50", "tinysol", "vocalsound", "folder"), min_len=1, unique=True),
-    "data.*.source": Any_(Str(null=True), List(Str(), min_len=1)),
-    "data.*.sha256": Any_(Str(null=True), List(Str(null=True), min_len=1)),
-    "data.*.limit": Int(min=1, null=True),
-    "data.*.csv": Str(null=True),
+    "datasets": List(Choice(*DATASET_NAMES), min_len=1, unique=True),
+    f"{_DATA}.source": Any_(Str(null=True), List(Str(), min_len=1)),
+    f"{_DATA}.sha256": Any_(Str(null=True), List(Str(null=True), min_len=1)),
+    f"{_DATA}.limit": Int(min=1, null=True),
+    f"{_DATA}.csv": Str(null=True),
     "download.max_unpacked_mb": Num(min=0, min_open=True),
     "download.max_members": Int(min=1),
     "model.checkpoint": Str(),
@@ -76,22 +84,22 @@ SCHEMA: dict[str, dict] = {
     "methods": List(Str(), min_len=1, unique=True),  # names checked against the registry by the train stage
     "live": Bool(),
     "residual.granularity": Choice("head", "stage"),
-    "residual.inject.recipe": Choice("coarse", "fine", "full", "identity"),
+    "residual.inject.recipe": Choice(*RECIPE_NAMES),
     "residual.inject.micro_batch": Int(min=1),
     "residual.bases_on": Choice("fit", "unlabelled"),
-    "residual.recipes.*.units": Choice("heads", "heads+mlp"),
-    "residual.recipes.*.pca": Bool(),
-    "residual.recipes.*.variance": Num(min=0, max=1, min_open=True),
-    "residual.recipes.*.beyond": Choice("keep", "drop"),
-    "residual.recipes.*.lam_init": Choice("ones", "normal"),
-    "residual.recipes.*.add_mean": Bool(),
-    "residual.recipes.*.others": Choice("keep", "remove"),
-    "residual.recipes.*.lr": Any_(Num(min=0, min_open=True), List(Num(min=0, min_open=True), min_len=1)),
-    "residual.recipes.*.max_epochs": Int(min=0, max=30),
-    "residual.recipes.*.patience": Int(min=1),
-    "residual.recipes.*.batch_size": Int(min=1),
-    "residual.recipes.*.select_on": Choice("val_accuracy", "val_loss"),
-    "residual.recipes.*.warmup_epochs": Int(min=0),
+    f"{_RECIPE}.units": Choice("heads", "heads+mlp"),
+    f"{_RECIPE}.pca": Bool(),
+    f"{_RECIPE}.variance": Num(min=0, max=1, min_open=True),
+    f"{_RECIPE}.beyond": Choice("keep", "drop"),
+    f"{_RECIPE}.lam_init": Choice("ones", "normal"),
+    f"{_RECIPE}.add_mean": Bool(),
+    f"{_RECIPE}.others": Choice("keep", "remove"),
+    f"{_RECIPE}.lr": Any_(Num(min=0, min_open=True), List(Num(min=0, min_open=True), min_len=1)),
+    f"{_RECIPE}.max_epochs": Int(min=0, max=30),
+    f"{_RECIPE}.patience": Int(min=1),
+    f"{_RECIPE}.batch_size": Int(min=1),
+    f"{_RECIPE}.select_on": Choice("val_accuracy", "val_loss"),
+    f"{_RECIPE}.warmup_epochs": Int(min=0),
     "train.max_epochs": Int(min=0, max=30),
     "train.patience": Int(min=1),
     "train.batch_size": Int(min=1),
@@ -192,23 +200,36 @@ def _problem(value: Any, spec: dict) -> str | None:
     raise ValueError(f"schema: unknown type {kind!r}")
 
 
+def _names(segment: str) -> tuple[str, ...] | None:
+    """The names a `{a|b}` segment allows (None for a plain segment)."""
+    return tuple(segment[1:-1].split("|")) if segment.startswith("{") and segment.endswith("}") else None
+
+
+def _segment_matches(pattern: str, name: str) -> bool:
+    names = _names(pattern)
+    return name in names if names is not None else name == pattern
+
+
 def _matches(pattern: str, key: str) -> bool:
     p, k = pattern.split("."), key.split(".")
-    return len(p) == len(k) and all(fnmatch.fnmatchcase(ks, ps) if ps == "*" else ks == ps for ps, ks in zip(p, k))
+    return len(p) == len(k) and all(_segment_matches(ps, ks) for ps, ks in zip(p, k))
 
 
 def _is_prefix(pattern: str, key: str) -> bool:
     p, k = pattern.split("."), key.split(".")
-    return len(p) > len(k) and all(ps == "*" or ks == ps for ps, ks in zip(p, k))
+    return len(p) > len(k) and all(_segment_matches(ps, ks) for ps, ks in zip(p, k))
 
 
 def _suggest(key: str, schema: dict) -> str:
     parts = key.split(".")
     candidates = []
     for pattern in schema:
-        p = pattern.split(".")
-        filled = [parts[i] if s == "*" and i < len(parts) else s for i, s in enumerate(p)]
-        candidates.append(".".join(filled[: len(parts)]))
+        filled = [[]]
+        for i, segment in enumerate(pattern.split(".")[: len(parts)]):
+            names = _names(segment)
+            options = ([parts[i]] if parts[i] in names else list(names)) if names is not None else [segment]
+            filled = [f + [o] for f in filled for o in options]
+        candidates += [".".join(f) for f in filled]
     candidates = sorted(set(candidates))
     near = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
     return f"; did you mean '{near[0]}'?" if near else ""

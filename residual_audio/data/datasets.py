@@ -78,16 +78,29 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict]:
             if missing:
                 raise DatasetError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(columns)})")
             reader.fieldnames = columns
-            return [{k: (v.strip() if isinstance(v, str) else v) for k, v in row.items()} for row in reader]
+            rows = []
+            for row in reader:
+                # DictReader files surplus fields under None and fills missing ones with None: both are
+                # a row that does not fit the header (an unquoted comma, a lost field), never ignored
+                if None in row or any(v is None for v in row.values()):
+                    found = len(columns) + len(row.get(None) or []) - sum(v is None for v in row.values())
+                    raise DatasetError(f"{path}, line {reader.line_num}: {found} fields where the header has "
+                                       f"{len(columns)} (quote a value that holds a comma)")
+                rows.append({k: v.strip() for k, v in row.items()})
+            return rows
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{path}: cannot read CSV ({exc})") from None
 
 
 def _int(value: str, path: Path, line: int, column: str) -> int:
+    """A whole number >= 0 ('3' or '3.0'); a fraction or a negative number is an error, never rounded."""
     try:
-        return int(float(value))
+        number = float(value)
     except (TypeError, ValueError):
-        raise DatasetError(f"{path}, line {line}: column '{column}' is not an integer: {value!r}") from None
+        number = float("nan")
+    if not (number.is_integer() and number >= 0):
+        raise DatasetError(f"{path}, line {line}: column '{column}' must be a whole number >= 0, not {value!r}")
+    return int(number)
 
 
 def _audio(path: Path, source: Path) -> Path:
@@ -267,7 +280,11 @@ def read_folder(root: Path, csv: str | os.PathLike | None = None) -> tuple[list[
     classes = [d.name for d in folders]
     clips = []
     for label, folder in enumerate(folders):
-        for path in sorted(_no_link(p) for p in folder.rglob("*") if _is_audio(p)):
+        found = sorted(_no_link(p) for p in folder.rglob("*") if _is_audio(p))
+        if not found and any(_is_audio(p) for d in folders for p in d.rglob("*")):
+            # a class no clip can be scored against would still count in every accuracy and table
+            raise DatasetError(f"{folder}: class folder without audio files; add its clips or remove the folder")
+        for path in found:
             clip_id = path.relative_to(base).with_suffix("").as_posix()
             clips.append(Clip(clip_id, path, label, folder.name, 0))
     return _finish("folder", root, clips, classes)

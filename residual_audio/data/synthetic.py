@@ -134,6 +134,8 @@ def write_store(path: str | Path, arrays: dict, attrs: dict) -> Path:
 
     import zarr
 
+    from .stores import seal
+
     path = Path(path)
     g = zarr.open_group(str(path), mode="w", zarr_format=3)
     with warnings.catch_warnings():
@@ -141,6 +143,7 @@ def write_store(path: str | Path, arrays: dict, attrs: dict) -> Path:
         for name, value in arrays.items():
             g.create_array(name, data=value, chunks=value.shape if value.size else None)
     g.attrs.update(attrs)
+    seal(g)
     return path
 
 

@@ -11,17 +11,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.io import sha256_file
 from ..core.params import ParamError, check, get
 from ..data.paths import HEADS_DIR, MEL_DIR, MODELS_DIR
 from ..data.units import read_units
 from ..evaluation import results as al
 from ..evaluation.protocol import SCHEMES, Split, make_splits
+from ..evaluation.zeroshot import TextCacheError
 from ..methods.residual.inject import read_head_outputs
 from ..methods.residual.maths import check_mode
 from ..models.checkpoints import load_model
 from ..models.hooked import HookedHTSAT
-from ..core.io import sha256_file
-from ..evaluation.zeroshot import TextCacheError
 from ..models.laion import checkpoint_from, load_tokenizer, mel_fingerprint
 from .extract import MelStoreError, open_mel_store, resolve_device
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..core.io import atomic_path, sha256_file
 from ..core.params import ParamError, check, get
-from ..data.stores import StoreError, open_store
+from ..data.stores import StoreError, open_store, seal
 from ..models import hf
 from ..models.checkpoints import load_model
 from ..models.decompose import DirectDecomposition, head_rows, pooled_head_outputs, unit_names
@@ -269,6 +269,7 @@ def extract(model, mel_path, out_path, *, batch_size: int = 16, device: str = "a
                 writer.append({k: v.float().cpu().numpy() for k, v in values.items()})
                 bar.update(len(batch))
         writer.close()
+        seal(group)  # complete: readers check every chunk is there
     return out_path
 
 

@@ -24,6 +24,7 @@ from ..core.io import atomic_path
 from ..core.params import check, get
 from ..data import audio, datasets
 from ..data.fetch import original_source
+from ..data.stores import seal
 from ..models import checkpoints
 from ..models.laion import MelFrontEnd, checkpoint_from
 
@@ -149,6 +150,7 @@ def preprocess(
             meta["warning"] = WARNING_RANDOM
         meta.update(attrs or {})
         group.attrs.update(meta)
+        seal(group)  # complete: readers check every chunk is there
         write_clip_table(clips, infos, Path(tmp_table))
     return dict(timings)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..core.io import sha256_file
 from ..core.params import ParamError, check, get
 from ..data.paths import HEADS_DIR, MODELS_DIR, TEXT_DIR
+from ..data.stores import open_store
 from ..evaluation.zeroshot import DEFAULT_TEMPLATES, build_text_side, save_text_side
 from ..models import hf
 from ..models.checkpoints import load_model
@@ -13,8 +14,6 @@ from ..models.laion import load_tokenizer
 
 def run(params: dict, dataset: str) -> None:
     """Class vectors, temperature and frozen audio projection per dataset → data/text/<dataset>.npz."""
-    import zarr
-
 
     datasets = [dataset]
     checkpoint = str(get(params, "model.checkpoint", "random"))
@@ -39,7 +38,7 @@ def run(params: dict, dataset: str) -> None:
         path = HEADS_DIR / f"{ds}.zarr"
         if not path.exists():
             raise FileNotFoundError(f"{path}: extraction store not found")
-        classes[ds] = list(zarr.open_group(str(path), mode="r").attrs["classes"])
+        classes[ds] = list(open_store(path, attrs=("classes",), kind="heads store", hint="run the extract stage").attrs["classes"])
     tok = load_tokenizer(own_tokenizer or MODELS_DIR / "tokenizer")
     model = load_model(checkpoint_file, variant)
     sha = "" if random else sha256_file(hf.identity_file(checkpoint_file))

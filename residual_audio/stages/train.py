@@ -14,7 +14,7 @@ from ..evaluation.live import TrainingLog
 from ..evaluation.live import enabled as live_enabled
 from ..evaluation.zeroshot import load_text_side
 from ..methods import FoldData, build
-from .common import AlignmentParams, method_context, _store, _weights, splits_for
+from .common import AlignmentParams, _store, _weights, method_context, splits_for
 
 
 def run(params: dict, dataset: str) -> Path:
