@@ -278,15 +278,13 @@ def read_folder(root: Path, csv: str | os.PathLike | None = None) -> tuple[list[
             continue
         break
     classes = [d.name for d in folders]
-    clips = []
-    for label, folder in enumerate(folders):
-        found = sorted(_no_link(p) for p in folder.rglob("*") if _is_audio(p))
-        if not found and any(_is_audio(p) for d in folders for p in d.rglob("*")):
-            # a class no clip can be scored against would still count in every accuracy and table
-            raise DatasetError(f"{folder}: class folder without audio files; add its clips or remove the folder")
-        for path in found:
-            clip_id = path.relative_to(base).with_suffix("").as_posix()
-            clips.append(Clip(clip_id, path, label, folder.name, 0))
+    found = [sorted(_no_link(p) for p in folder.rglob("*") if _is_audio(p)) for folder in folders]
+    empty = [folder for folder, paths in zip(folders, found) if not paths]
+    if empty and any(found):  # with no audio at all, _finish says so
+        # a class no clip can be scored against would still count in every accuracy and table
+        raise DatasetError(f"{empty[0]}: class folder without audio files; add its clips or remove the folder")
+    clips = [Clip(path.relative_to(base).with_suffix("").as_posix(), path, label, folder.name, 0)
+             for label, (folder, paths) in enumerate(zip(folders, found)) for path in paths]
     return _finish("folder", root, clips, classes)
 
 
