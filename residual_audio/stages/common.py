@@ -1,9 +1,6 @@
-"""The alignment stages (text, train, ablation) as functions of params.yaml.
-
-Each stage validates every parameter it uses before touching any output, computes
-everything in memory and writes its outputs atomically, so a bad value or a failure
-leaves the previous outputs exactly as they were.
-"""
+"""What the `train`, `ablation` and `fewshot` stages share: the fold params and splits, the heads
+store, the encoder context of inject-mode methods, and `method_context`, which meets every listed
+method's needs (audio encoder, text encoder) once, before any method runs."""
 
 from __future__ import annotations
 
