@@ -12,6 +12,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")  # the DVC projects that tests make send nothing anywhere
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def checked(run, params: dict, *args, dataset: str | None = None):
+    """`run(params, *args)` as the stage runner calls it: the whole mapping checked against the schema
+    first (and `dataset`, when given, against `datasets`), which is where a bad value is refused."""
+    from residual_audio.core.params import check_dataset
+    from residual_audio.core.schema import validate
+
+    validate(params)
+    if dataset is not None:
+        check_dataset(params, dataset)
+    return run(params, *args)
 SHARED = Path(os.environ.get("RESIDUAL_AUDIO_SHARED", REPO.parent / "shared"))
 
 

@@ -16,6 +16,7 @@ import yaml
 from residual_audio.core.params import ParamError
 from residual_audio.data.synthetic import synthetic_store
 from residual_audio.evaluation.zeroshot import save_text_side
+from conftest import checked
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("train", "evaluate", "compare", "ablation")
@@ -135,5 +136,5 @@ def test_inject_layers_and_methods_are_checked_before_any_work(tmp_path, monkeyp
     for key, value in (("inject_layers", []), ("inject_layers", [0, 0]), ("methods", ["zeroshot", "nope"])):
         bad = {**params, key: value}
         with pytest.raises(ParamError, match=key):
-            train_stage(bad, "esc50")
+            checked(train_stage, bad, "esc50")
     assert not (tmp_path / "data").exists()

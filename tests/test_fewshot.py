@@ -15,6 +15,7 @@ from residual_audio.data.synthetic import synthetic_store
 from residual_audio.evaluation.protocol import make_splits
 from residual_audio.evaluation.zeroshot import save_text_side, zeroshot_logits
 from residual_audio.stages.fewshot import class_permutations, draw, feasible_shots, fewshot_dataset
+from conftest import checked
 
 
 def labels_and_splits(n_per_class=8, n_classes=5, k=2):
@@ -133,13 +134,13 @@ def test_fewshot_stage_end_to_end(project):
 
 def test_fewshot_stage_bad_params_write_nothing(project):
     with pytest.raises(ParamError, match="fewshot.methods.*'nope'"):
-        fewshot_dataset(params(methods=["tip_adapter", "nope"]), "syn")
+        checked(fewshot_dataset, params(methods=["tip_adapter", "nope"]), "syn")
     with pytest.raises(ParamError, match="fewshot.shots"):
-        fewshot_dataset(params(shots=[0, 1]), "syn")
+        checked(fewshot_dataset, params(shots=[0, 1]), "syn")
     with pytest.raises(ParamError, match="fewshot.seeds"):
-        fewshot_dataset(params(seeds=0), "syn")
+        checked(fewshot_dataset, params(seeds=0), "syn")
     with pytest.raises(ParamError, match="fewshot.inject"):
-        fewshot_dataset(params(inject="yes"), "syn")
+        checked(fewshot_dataset, params(inject="yes"), "syn")
     with pytest.raises(ParamError, match="fewshot.shots"), pytest.warns(UserWarning):
         fewshot_dataset(params(shots=[8]), "syn")
     assert not (project / "metrics").exists() and not (project / "plots").exists()

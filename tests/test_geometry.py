@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import zarr
 from scipy import stats
+from conftest import checked
 from synthetic_heads import write_heads_store
 
 from residual_audio.analysis import figures as geometry_figures
@@ -243,9 +244,9 @@ def test_params_are_validated_with_the_key_named(stores):
         params = {**good, **change}
         params["geometry"] = {**good["geometry"], **change.get("geometry", {})}
         with pytest.raises(ParamError, match=message):
-            geometry_stage.config_from_params(params, root)
-    with pytest.raises(ParamError, match="'datasets'"):
-        geometry_stage.config_from_params({"other": {}}, root)
+            checked(geometry_stage.config_from_params, params, root)
+    with pytest.raises(ParamError, match="unknown parameter 'other'"):
+        checked(geometry_stage.config_from_params, {"other": {}}, root)
 
 
 def test_stage_entry_point_runs_from_params_yaml(stores, tmp_path, monkeypatch):

@@ -355,11 +355,11 @@ def test_every_key_of_params_yaml_is_in_the_schema():
                    for p in patterns), key
 
 
-def test_regimes_empty_is_refused_by_the_extract_stage_too():
-    from residual_audio.stages.extract import check_regimes
+def test_regimes_empty_is_refused_by_the_schema():
+    from residual_audio.core.schema import validate
 
     with pytest.raises(ParamError, match="extract.regimes.*non-empty"):
-        check_regimes([])
+        validate({"extract": {"regimes": []}})
 
 
 def stage_env() -> dict:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import REPO
+from conftest import REPO, checked
 from tiny_project import noise_mel, text_side, write_project_data
 
 from residual_audio.core.params import ParamError
@@ -265,7 +265,7 @@ def test_inject_params_are_checked(tmp_path, monkeypatch):
         else:
             params[key] = value
         with pytest.raises(ParamError, match=message.replace(".", r"\.")):
-            train_stage(params, "folder")
+            checked(train_stage, params, "folder")
     assert not (tmp_path / "data").exists()
 
 

@@ -234,7 +234,7 @@ def test_selection_keeps_the_best_validation_lambda(hooked, clips):
 
 def test_params_are_read_and_checked(tmp_path):
     import yaml
-    from conftest import REPO
+    from conftest import REPO, checked
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     est = build("residual_inject", params)
@@ -256,7 +256,7 @@ def test_params_are_read_and_checked(tmp_path):
             node = node.setdefault(part, {})
         node[leaf] = value
         with pytest.raises(ParamError, match=key.replace(".", r"\.") if leaf != "recipe" else "residual.inject.recipe"):
-            build("residual_inject", bad)
+            checked(lambda p: build("residual_inject", p), bad)
 
 
 def test_bases_see_only_the_fitting_clips(hooked, clips):

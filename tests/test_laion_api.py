@@ -13,6 +13,7 @@ from residual_audio.data import audio, datasets
 from residual_audio.models import checkpoints
 from residual_audio.models import laion as clap
 from residual_audio.stages import extract, preprocess
+from conftest import checked
 
 
 @pytest.fixture(scope="module")
@@ -104,5 +105,5 @@ def test_real_clips_match_laions_api_and_exact_differs(laion_api, checkpoint, sh
 def test_front_end_param_is_validated(tmp_path):
     from residual_audio.core.params import ParamError
 
-    with pytest.raises(ParamError, match="'preprocess.front_end' must be one of exact, laion_api"):
-        preprocess.run({"datasets": ["esc50"], "preprocess": {"front_end": "librosa"}}, "esc50", tmp_path)
+    with pytest.raises(ParamError, match="'preprocess.front_end' is 'librosa'; must be one of 'exact', 'laion_api'"):
+        checked(preprocess.run, {"datasets": ["esc50"], "preprocess": {"front_end": "librosa"}}, "esc50", tmp_path)

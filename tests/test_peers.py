@@ -11,6 +11,7 @@ from residual_audio.evaluation.protocol import Split, make_splits
 from residual_audio.evaluation.zeroshot import zeroshot_logits
 from residual_audio.methods import FoldData, build
 from residual_audio.methods.tip_adapter import TipAdapter, TipAdapterF
+from conftest import checked
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +109,11 @@ def test_from_params_validates_the_grid(world):
     from residual_audio.core.params import ParamError
 
     with pytest.raises(ParamError, match="tip_adapter.alpha"):
-        build("tip_adapter", {"tip_adapter": {"alpha": []}})
+        checked(lambda p: build("tip_adapter", p), {"tip_adapter": {"alpha": []}})
     with pytest.raises(ParamError, match="tip_adapter.epochs"):
-        build("tip_adapter_f", {"tip_adapter": {"epochs": -1}})
+        checked(lambda p: build("tip_adapter_f", p), {"tip_adapter": {"epochs": -1}})
     with pytest.raises(ParamError, match="prompt_learning.epochs"):
-        build("prompt_learning", {"prompt_learning": {"epochs": "many"}})
+        checked(lambda p: build("prompt_learning", p), {"prompt_learning": {"epochs": "many"}})
     # the grid from params.yaml is the one searched: the chosen (α, β) come from it
     store, text, split = world
     est = build("tip_adapter", {"tip_adapter": {"alpha": [0, 1], "beta": [2]}}).fit(FoldData(store, text, split))

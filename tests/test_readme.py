@@ -133,5 +133,6 @@ def test_help_texts_fit_100_columns_and_name_the_listed_datasets():
         text = stage_help(stage, params)
         assert max(map(len, text.splitlines())) <= 100, stage.name
         assert "${item}" not in text, stage.name
-    assert "data.esc50 " in stage_help(STAGES["download"], params) and "data.folder " in stage_help(STAGES["download"], params)
+    assert "data.esc50.source = " in stage_help(STAGES["download"], params)
+    assert "data.folder.source = " in stage_help(STAGES["download"], params)
     assert max(map(len, overview().splitlines())) <= 100

@@ -15,6 +15,7 @@ from residual_audio.data.synthetic import synthetic_store
 from residual_audio.data.units import read_units
 from residual_audio.evaluation import results as al
 from residual_audio.evaluation.zeroshot import load_text_side, save_text_side
+from conftest import checked
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE_METHODS = ("residual_coarse", "residual_fine", "residual_full", "residual_identity", "residual_fine_unlabelled")
@@ -22,7 +23,7 @@ RECIPE_METHODS = ("residual_coarse", "residual_fine", "residual_full", "residual
 
 def _params(**top) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params.update(dataset="synthetic", **top)
+    params.update(**top)
     params["cv"].update(scheme="official", val_fraction=0.25)
     for r in params["residual"]["recipes"].values():
         r["max_epochs"] = 3
@@ -279,16 +280,16 @@ def test_bad_methods_and_recipe_fields_name_the_key(project, monkeypatch):
            ({"inject_layers": [5]}, "inject_layers")]
     for top, key in bad:
         with pytest.raises(ParamError, match=key):
-            train_dataset(_params(**top), "synthetic")
+            checked(train_dataset, _params(**top), "synthetic")
     for field, value in (("variance", 0), ("lam_init", "zeros"), ("others", "drop"), ("lr", -1), ("select_on", "loss"), ("colour", 1)):
         params = _params(methods=["residual_fine"])
         params["residual"]["recipes"]["fine"][field] = value
         with pytest.raises(ParamError, match=rf"residual\.recipes\.fine\.{field}"):
-            train_dataset(params, "synthetic")
+            checked(train_dataset, params, "synthetic")
     params = _params(methods=["residual_fine"])
     params["residual"]["bases_on"] = "test"
     with pytest.raises(ParamError, match="residual.bases_on"):
-        train_dataset(params, "synthetic")
+        checked(train_dataset, params, "synthetic")
     assert not (project / "data/results").exists()
 
 

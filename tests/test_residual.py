@@ -11,7 +11,7 @@ from residual_audio.data.synthetic import in_memory_store, synthetic_store, synt
 from residual_audio.data.units import StoreError, read_units
 from residual_audio.evaluation.protocol import make_splits, outer_folds
 from residual_audio.methods import build
-from residual_audio.methods.residual.maths import RECIPES, check_mode, fit_bases, rd, unit_pca
+from residual_audio.methods.residual.maths import RECIPES, fit_bases, rd, unit_pca
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +133,12 @@ def test_protocol_folds_and_bad_splits():
         outer_folds(labels, folds, "random", 2, 0)
 
 
-@pytest.mark.parametrize("mode, layers, key", [("nope", [0], "residual.mode"), ("direct", [], "inject_layers"),
-                                                ("inject", [4], "inject_layers"), ("direct", [0, 0], "inject_layers")])
-def test_bad_mode_or_inject_layers(mode, layers, key):
-    with pytest.raises(ParamError, match=key):
-        check_mode(mode, layers)
+@pytest.mark.parametrize("layers", [[], [4], [0, 0], [-1], ["0"]])
+def test_bad_inject_layers_are_refused_by_the_schema(layers):
+    from residual_audio.core.schema import validate
+
+    with pytest.raises(ParamError, match="inject_layers"):
+        validate({"inject_layers": layers})
 
 
 def test_store_reader_checks_the_exact_sum(tmp_path):

@@ -109,7 +109,7 @@ def test_stage_deps_are_exactly_the_modules_it_imports_at_run_time(traces, name)
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(_stages()))
 def test_stage_params_are_exactly_the_keys_it_reads_at_run_time(traces, name):
-    from residual_audio.core.params import get, load_params
+    from residual_audio.core.params import given, load_params
 
     spec = _stages()[name]
     spec = spec.get("do", spec)
@@ -121,8 +121,8 @@ def test_stage_params_are_exactly_the_keys_it_reads_at_run_time(traces, name):
     assert not missing, f"dvc.yaml stage {name!r} reads {missing} but does not list them in its params"
     params = load_params(REPO / "params.yaml")
     if dataset:
-        params.setdefault("data", {}).setdefault(dataset, get(params, f"data.{dataset}", {}))
-    unused = sorted({f"{key} ({leaf})" for key in listed for leaf in _leaves(get(params, key, {}), key + ".")
+        params.setdefault("data", {}).setdefault(dataset, given(params, f"data.{dataset}", {}))
+    unused = sorted({f"{key} ({leaf})" for key in listed for leaf in _leaves(given(params, key, {}), key + ".")
                      if not any(_covers(r, leaf) or _covers(leaf, r) for r in reads)})
     assert not unused, f"dvc.yaml stage {name!r} lists params it never reads: {unused}"
 

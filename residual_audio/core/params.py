@@ -7,9 +7,10 @@ from typing import Any
 
 import yaml
 
+from .errors import ParamError
+from .schema import NO_DEFAULT, default
 
-class ParamError(ValueError):
-    """A parameter is missing or out of range; the message names the key."""
+__all__ = ["ParamError", "check", "check_dataset", "dataset_names", "get", "given", "load_params"]
 
 
 _MISSING = object()
@@ -59,17 +60,44 @@ def load_params(path: str | Path = "params.yaml") -> dict:
     return params
 
 
-def get(params: dict, key: str, default: Any = _MISSING) -> Any:
-    """Return params['a']['b'] for key 'a.b'; raise ParamError naming the key if absent."""
+def get(params: dict, key: str) -> Any:
+    """params['a']['b'] for key 'a.b', or the schema's default for a key the file leaves out (a
+    prefix gives the mapping of its leaves, defaults filled in); ParamError naming a key that is
+    neither given nor has a default. The schema (core/schema.py) is the one table of defaults."""
+    node: Any = params
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        present = isinstance(node, dict) and part in node
+        if present and (node[part] is not None or (i == len(parts) - 1 and not isinstance(default(key), dict))):
+            node = node[part]
+            continue
+        value = default(key)  # left out (or a null mapping): the schema's default
+        if value is NO_DEFAULT:
+            raise ParamError(f"params: missing key '{key}'")
+        return value
+    if isinstance(node, dict):
+        fallback = default(key)
+        if isinstance(fallback, dict):
+            return _merged(fallback, node)
+    return node
+
+
+def given(params: dict, key: str, missing: Any = None) -> Any:
+    """The value `params.yaml` itself gives for `key` (no default), or `missing`."""
     node: Any = params
     for part in key.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif default is not _MISSING:
-            return default
-        else:
-            raise ParamError(f"params: missing key '{key}'")
+        if not (isinstance(node, dict) and part in node):
+            return missing
+        node = node[part]
     return node
+
+
+def _merged(defaults: dict, node: dict) -> dict:
+    out = dict(defaults)
+    for k in node:  # keys in the file's order after the defaults' (reads go through `node[k]`)
+        value = node[k]
+        out[k] = _merged(defaults[k], value) if isinstance(value, dict) and isinstance(defaults.get(k), dict) else value
+    return out
 
 
 def check(condition: bool, key: str, message: str) -> None:
@@ -79,16 +107,8 @@ def check(condition: bool, key: str, message: str) -> None:
 
 
 def dataset_names(params: dict) -> list[str]:
-    """The validated `datasets` list: distinct names of known datasets, at least one."""
-    from ..data.datasets import DATASETS
-
-    names = get(params, "datasets")
-    check(isinstance(names, list) and names and all(isinstance(n, str) for n in names), "datasets",
-          f"must be a non-empty list of dataset names ({', '.join(DATASETS)}), got {names!r}")
-    unknown = [n for n in names if n not in DATASETS]
-    check(not unknown, "datasets", f"names unknown dataset(s) {unknown}; known datasets: {', '.join(DATASETS)}")
-    check(len(set(names)) == len(names), "datasets", f"lists a dataset twice: {names}")
-    return list(names)
+    """The `datasets` list (the schema checked it: distinct names of known datasets, at least one)."""
+    return list(get(params, "datasets"))
 
 
 def check_dataset(params: dict, name: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import textwrap
 from dataclasses import dataclass
 
-from .params import get
+from .params import get, given
 
 
 @dataclass(frozen=True)
@@ -61,22 +61,40 @@ def _wrap(text: str, indent: str = "", first: str | None = None) -> list[str]:
                          break_on_hyphens=False) or [indent]
 
 
+def _leaves(key: str) -> list[str]:
+    """The schema's leaf keys at or under `key` (a `{a|b}` segment filled with the names the key gives)."""
+    from .schema import SCHEMA, _expand
+
+    keys = [full for pattern in SCHEMA for full in _expand(pattern) if full == key or full.startswith(key + ".")]
+    parents = list(dict.fromkeys(k.rsplit(".", 1)[0] for k in keys))  # each recipe's fields together
+    return sorted(keys, key=lambda k: parents.index(k.rsplit(".", 1)[0]))
+
+
 def _param_lines(stage: Stage, params: dict | None) -> list[str]:
-    """One line per key with its current value (wrapped at WIDTH); `${item}` keys once per listed dataset."""
+    """Per key: its current value and its meaning from the schema (wrapped at WIDTH); `${item}` keys
+    once per listed dataset."""
+    from .schema import SCHEMA, _leaf
+
     datasets = None
     if params is not None:
-        listed = get(params, "datasets", None)
+        listed = given(params, "datasets")
         datasets = [d for d in listed if isinstance(d, str)] if isinstance(listed, list) else None
     lines = []
     for pattern in stage.params:
         keys = [pattern.replace("${item}", d) for d in datasets] if "${item}" in pattern and datasets else [pattern]
         for key in keys:
-            value = "(see params.yaml)"
-            if params is not None and "${item}" not in key:
-                missing = object()
-                found = get(params, key, missing)
-                value = "(not set)" if found is missing else repr(found)
-            lines += _wrap(value, " " * 31, first=f"  {key:<28} ")
+            for leaf in _leaves(key.replace("${item}", "{item}")) or [key]:
+                if "${item}" in key:
+                    leaf = key + leaf[len(key.replace("${item}", "{item}")):]
+                found = _leaf(leaf.replace("${item}", "esc50"))
+                meaning = SCHEMA[found[0]]["help"] if found else ""
+                if params is None or "${item}" in leaf:
+                    value = "(see params.yaml)"
+                else:
+                    missing = object()
+                    value = given(params, leaf, missing)
+                    value = f"{get(params, leaf)!r} (the default)" if value is missing else repr(value)
+                lines += _wrap(f"{leaf} = {value}   {meaning}", " " * 6, first="  ")
     return lines
 
 

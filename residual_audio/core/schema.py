@@ -1,16 +1,18 @@
-"""The one table of every key `params.yaml` may hold, checked as a whole before any stage runs.
+"""The one table of every key `params.yaml` may hold: its type, range, default and meaning.
 
-A typo'd key would otherwise run silently with the default, so an unknown key is refused
-with the nearest known key suggested; a boolean is refused where a number is meant (YAML
-reads `yes`/`no`/`on`/`off` as booleans). Stages still check what depends on other
-values (e.g. a dataset's options); this table checks each key's type, choices and range.
+The whole file is checked against it before any stage runs (`validate`), so stages and methods
+receive checked values and read them with `core.params.get`, which gives a key's default from this
+table when the file leaves it out: no module re-checks or re-defaults a key. `--help` and
+docs/params.md (`reference_markdown`) are made from it. A typo'd key is refused with the nearest
+known key suggested; a boolean is refused where a number is meant (YAML reads `yes`/`no`/`on`/`off`
+as booleans). What depends on other values (a method name against the registry, a shot count
+against the folds) is checked where that knowledge lives.
 
 To add a parameter, add one line to `SCHEMA`. A `{a|b}` segment matches one of the names listed
 (`data.{esc50|folder}.limit` covers `data.esc50.limit` and `data.folder.limit`), so a misspelt
-dataset or recipe name is refused like any unknown key. A new dataset or ResiDual recipe is
-declared by adding its name to `DATASET_NAMES` or `RECIPE_NAMES` below, beside its entry in
-`data.datasets.DATASETS` or `methods.residual.maths.RECIPES` (tests/test_hostile_input.py keeps
-the lists equal).
+dataset or recipe name is refused like any unknown key. A new dataset is declared by adding its
+name to `DATASET_NAMES` beside its entry in `data.datasets.DATASETS` (tests/test_hostile_input.py
+keeps the lists equal); a new ResiDual recipe by its row of `RECIPE_DEFAULTS`.
 """
 
 from __future__ import annotations
@@ -18,117 +20,194 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from .params import ParamError
+from .errors import ParamError
 
 DEVICES = ("auto", "cpu", "cuda")
 
-
-def Int(min=None, max=None, null=False):  # noqa: N802  (reads as a type in the table)
-    return {"type": "int", "min": min, "max": max, "null": null}
+_NONE = object()  # "no default": the key must be given
 
 
-def Num(min=None, max=None, null=False, min_open=False, max_open=False):  # noqa: N802
-    return {"type": "number", "min": min, "max": max, "null": null, "min_open": min_open, "max_open": max_open}
+def _spec(kind: str, default, help: str, **fields) -> dict:
+    return {"type": kind, "default": default, "help": help, **fields}
 
 
-def Str(null=False, choices=None):  # noqa: N802
-    return {"type": "str", "null": null, "choices": choices}
+def Int(min=None, max=None, null=False, default=_NONE, help=""):  # noqa: N802  (reads as a type in the table)
+    return _spec("int", default, help, min=min, max=max, null=null)
 
 
-def Bool():  # noqa: N802
-    return {"type": "bool"}
+def Num(min=None, max=None, null=False, min_open=False, max_open=False, default=_NONE, help=""):  # noqa: N802
+    return _spec("number", default, help, min=min, max=max, null=null, min_open=min_open, max_open=max_open)
 
 
-def List(item, min_len=0, null=False, unique=False):  # noqa: N802
-    return {"type": "list", "item": item, "min_len": min_len, "null": null, "unique": unique}
+def Str(null=False, choices=None, contains=None, default=_NONE, help=""):  # noqa: N802
+    return _spec("str", default, help, null=null, choices=choices, contains=contains)
 
 
-def Any_(*alternatives):  # noqa: N802
-    return {"type": "any", "of": alternatives}
+def Bool(default=_NONE, help=""):  # noqa: N802
+    return _spec("bool", default, help)
 
 
-def Choice(*choices, null=False):  # noqa: N802
-    return Str(null=null, choices=choices)
+def List(item, min_len=0, null=False, unique=False, default=_NONE, help=""):  # noqa: N802
+    return _spec("list", default, help, item=item, min_len=min_len, null=null, unique=unique)
+
+
+def Any_(*alternatives, default=_NONE, help=""):  # noqa: N802
+    return _spec("any", default, help, of=alternatives)
+
+
+def Choice(*choices, null=False, default=_NONE, help=""):  # noqa: N802
+    return Str(null=null, choices=choices, default=default, help=help)
+
+
+class PerName(dict):
+    """A default that depends on the name a key's `{a|b}` segment matched (e.g. each recipe's own)."""
 
 
 DATASET_NAMES = ("esc50", "tinysol", "vocalsound", "folder")  # data.datasets.DATASETS
-RECIPE_NAMES = ("coarse", "fine", "full", "identity")  # methods.residual.maths.RECIPES
 _DATA = "data.{" + "|".join(DATASET_NAMES) + "}"
+
+# The published recipes (Basile et al., 2025: conf/train/residual_*.gin, nn/adapter.py) and ours
+# (identity): the defaults of `residual.recipes.<name>.*`, and `methods.residual.maths.RECIPES`.
+RECIPE_DEFAULTS = {
+    "coarse": dict(units="heads", pca=False, variance=1.0, beyond="keep", lam_init="normal", add_mean=False,
+                   others="remove", lr=0.8, max_epochs=30, patience=5, batch_size=64, select_on="val_accuracy",
+                   warmup_epochs=0),
+    "fine": dict(units="heads", pca=True, variance=0.9, beyond="drop", lam_init="normal", add_mean=False,
+                 others="remove", lr=0.8, max_epochs=30, patience=5, batch_size=64, select_on="val_accuracy",
+                 warmup_epochs=0),
+    "full": dict(units="heads+mlp", pca=True, variance=1.0, beyond="drop", lam_init="normal", add_mean=False,
+                 others="keep", lr=0.8, max_epochs=30, patience=5, batch_size=64, select_on="val_accuracy",
+                 warmup_epochs=0),
+    "identity": dict(units="heads", pca=True, variance=0.95, beyond="keep", lam_init="ones", add_mean=True,
+                     others="keep", lr=[0.001, 0.01, 0.1], max_epochs=30, patience=5, batch_size=64,
+                     select_on="val_loss", warmup_epochs=1),
+}
+RECIPE_NAMES = tuple(RECIPE_DEFAULTS)
 _RECIPE = "residual.recipes.{" + "|".join(RECIPE_NAMES) + "}"
 
+
+def _recipe(field: str) -> PerName:
+    return PerName({name: fields[field] for name, fields in RECIPE_DEFAULTS.items()})
+
+
+DEFAULT_METHODS = ["zeroshot", "linear_probe", "linear", "spectral_out", "residual_coarse", "residual_fine",
+                   "residual_full", "residual_identity", "linear_adapter", "tip_adapter", "tip_adapter_f"]
+FEWSHOT_METHODS = ["zeroshot", "linear_probe", "tip_adapter", "tip_adapter_f", "residual_fine",
+                   "residual_fine_unlabelled", "residual_identity"]
+_LR = Any_(Num(min=0, min_open=True), List(Num(min=0, min_open=True), min_len=1))
+_SELECT = "val_accuracy | val_loss: early stopping and the kept checkpoint"
+
 SCHEMA: dict[str, dict] = {
-    "seed": Int(min=0),
-    "datasets": List(Choice(*DATASET_NAMES), min_len=1, unique=True),
-    f"{_DATA}.source": Any_(Str(null=True), List(Str(), min_len=1)),
-    f"{_DATA}.sha256": Any_(Str(null=True), List(Str(null=True), min_len=1)),
-    f"{_DATA}.limit": Int(min=1, null=True),
-    f"{_DATA}.csv": Str(null=True),
-    "download.max_unpacked_mb": Num(min=0, min_open=True),
-    "download.max_members": Int(min=1),
-    "model.checkpoint": Str(),
-    "model.checkpoint_sha256": Str(null=True),
-    "model.variant": Choice("tiny", "base"),
-    "model.tokenizer": Str(null=True),
-    "preprocess.crop": Any_(Choice("start", "center"), Int(min=0)),
-    "preprocess.batch_size": Int(min=1),
-    "preprocess.min_seconds": Num(min=0),
-    "preprocess.front_end": Choice("exact", "laion_api"),
-    "extract.batch_size": Int(min=1),
-    "extract.device": Choice(*DEVICES),
-    "extract.regimes": List(Choice("pre", "post", "direct"), min_len=1, unique=True),
-    "inject_layers": List(Int(min=0, max=3), min_len=1, unique=True),
-    "zeroshot.templates": List(Str(), min_len=1),
-    "cv.scheme": Choice("official", "stratified"),
-    "cv.k": Int(min=2),
-    "cv.val_fraction": Num(min=0, max=1, min_open=True, max_open=True),
-    "methods": List(Str(), min_len=1, unique=True),  # names checked against the registry by the train stage
-    "live": Bool(),
-    "residual.granularity": Choice("head", "stage"),
-    "residual.inject.recipe": Choice(*RECIPE_NAMES),
-    "residual.inject.micro_batch": Int(min=1),
-    "residual.bases_on": Choice("fit", "unlabelled"),
-    f"{_RECIPE}.units": Choice("heads", "heads+mlp"),
-    f"{_RECIPE}.pca": Bool(),
-    f"{_RECIPE}.variance": Num(min=0, max=1, min_open=True),
-    f"{_RECIPE}.beyond": Choice("keep", "drop"),
-    f"{_RECIPE}.lam_init": Choice("ones", "normal"),
-    f"{_RECIPE}.add_mean": Bool(),
-    f"{_RECIPE}.others": Choice("keep", "remove"),
-    f"{_RECIPE}.lr": Any_(Num(min=0, min_open=True), List(Num(min=0, min_open=True), min_len=1)),
-    f"{_RECIPE}.max_epochs": Int(min=0, max=30),
-    f"{_RECIPE}.patience": Int(min=1),
-    f"{_RECIPE}.batch_size": Int(min=1),
-    f"{_RECIPE}.select_on": Choice("val_accuracy", "val_loss"),
-    f"{_RECIPE}.warmup_epochs": Int(min=0),
-    "train.max_epochs": Int(min=0, max=30),
-    "train.patience": Int(min=1),
-    "train.batch_size": Int(min=1),
-    "train.weight_decay": Num(min=0),
-    "train.select_on": Choice("val_accuracy", "val_loss"),
-    "train.device": Choice(*DEVICES),
-    "baselines.linear.lr": List(Num(min=0, min_open=True), min_len=1),
-    "baselines.linear.init": Choice("default", "identity"),
-    "baselines.spectral_out.lr": List(Num(min=0, min_open=True), min_len=1),
-    "baselines.spectral_out.lam_init": Choice("ones", "normal"),
-    "baselines.spectral_out.add_mean": Bool(),
-    "baselines.linear_adapter.lr": List(Num(min=0, min_open=True), min_len=1),
-    "fewshot.shots": List(Int(min=1), min_len=1, unique=True),
-    "fewshot.seeds": Int(min=1),
-    "fewshot.methods": List(Str(), min_len=1, unique=True),
-    "fewshot.inject": Bool(),
-    "tip_adapter.alpha": List(Num(min=0), min_len=1),
-    "tip_adapter.beta": List(Num(min=0, min_open=True), min_len=1),
-    "tip_adapter.epochs": Int(min=0),
-    "prompt_learning.epochs": Any_(Choice("coop"), Int(min=0)),
-    "probe.C": List(Num(min=0, min_open=True), min_len=1),
-    "ablation.total": Bool(),
-    "ablation.stages": List(Int(min=0, max=3), min_len=1, unique=True),
-    "ablation.device": Choice(*DEVICES),
-    "ablation.batch_size": Int(min=1),
-    "geometry.regimes": List(Choice("pre", "post"), min_len=1, unique=True),
-    "geometry.mle_k": Int(min=3, max=200),
-    "geometry.twonn_discard": Num(min=0, max=0.5),
-    "geometry.duplicate_rtol": Num(min=0),
+    "seed": Int(min=0, default=0, help="seed for every random choice (subsets, splits, initialisations)"),
+    "datasets": List(Choice(*DATASET_NAMES), min_len=1, unique=True, default=["esc50"],
+                     help="the datasets the pipeline runs on; every per-dataset stage runs once for each"),
+    f"{_DATA}.source": Any_(Str(null=True), List(Str(), min_len=1), default=None,
+                            help="a URL (http/https/file), a local directory or a local archive (.zip/.tar/.tar.gz/"
+                                 ".tgz), or a list of them; null: the dataset's official source (none for folder)"),
+    f"{_DATA}.sha256": Any_(Str(null=True), List(Str(null=True), min_len=1), default=None,
+                            help="sha256 of each source file or archive, checked when fetched"),
+    f"{_DATA}.limit": Int(min=1, null=True, default=PerName(esc50=None, tinysol=None, vocalsound=1200, folder=None),
+                          help="keep a stratified, seeded subset of this many clips (null: every clip)"),
+    f"{_DATA}.csv": Str(null=True, default=None,
+                        help="folder: a path,label[,fold] CSV relative to the fetched folder (null: class folders)"),
+    "download.max_unpacked_mb": Num(min=0, min_open=True, default=65536,
+                                    help="largest total unpacked size of one archive, MiB (a zip/tar-bomb guard)"),
+    "download.max_members": Int(min=1, default=1_000_000, help="most files and folders in one archive"),
+    "model.checkpoint": Str(default="630k-audioset-best.pt",
+                            help="random (seeded random weights), a URL, a local file, an official file name, "
+                                 "hf:<owner>/<name> or a local ClapModel folder"),
+    "model.checkpoint_sha256": Str(null=True, default=None, help="sha256 the checkpoint file must have"),
+    "model.variant": Choice("tiny", "base", default="tiny", help="HTSAT-tiny (184 heads) or HTSAT-base (280 heads)"),
+    "model.tokenizer": Str(null=True, default="https://huggingface.co/roberta-base/resolve/main/",
+                           help="URL base or local folder holding roberta-base vocab.json and merges.txt"),
+    "preprocess.crop": Any_(Choice("start", "center"), Int(min=0), default="start",
+                            help="clips longer than 10 s: keep the window at start, center or this sample offset"),
+    "preprocess.batch_size": Int(min=1, default=16, help="clips per log-mel batch"),
+    "preprocess.min_seconds": Num(min=0, default=0.1, help="shorter clips are refused"),
+    "preprocess.front_end": Choice("exact", "laion_api", default="exact",
+                                   help="exact (soundfile + polyphase resampling) | laion_api (librosa, as LAION's API)"),
+    "extract.batch_size": Int(min=1, default=16, help="clips per forward pass"),
+    "extract.device": Choice(*DEVICES, default="auto", help="auto (cuda when available) | cpu | cuda"),
+    "extract.regimes": List(Choice("pre", "post", "direct"), min_len=1, unique=True, default=["pre", "post", "direct"],
+                            help="pre: heads before the output projection; post: after it; direct: units -> embedding"),
+    "inject_layers": List(Int(min=0, max=3), min_len=1, unique=True, default=[0, 1, 2, 3],
+                          help="stages (0-3) whose units ResiDual reweights"),
+    "zeroshot.templates": List(Str(contains="{label}"), min_len=1, default=["This is a sound of {label}"],
+                               help="prompts, each with {label}, averaged after normalisation"),
+    "cv.scheme": Choice("official", "stratified", default="official",
+                        help="official (leave one official fold out) | stratified"),
+    "cv.k": Int(min=2, default=5, help="stratified folds (also used when fewer than two official folds exist)"),
+    "cv.val_fraction": Num(min=0, max=1, min_open=True, max_open=True, default=0.1,
+                           help="early-stopping split carved from the training folds"),
+    "methods": List(Str(), min_len=1, unique=True, default=DEFAULT_METHODS,
+                    help="the methods train fits on every fold (names checked against the method registry)"),
+    "live": Bool(default=True, help="log training curves with DVCLive into dvclive/<dataset>/"),
+    "residual.granularity": Choice("head", "stage", default="head",
+                                   help="residual_inject: head (attn.hook_z per head) | stage (after the projection)"),
+    "residual.inject.recipe": Choice(*RECIPE_NAMES, default="identity", help="residual_inject's recipe"),
+    "residual.inject.micro_batch": Int(min=1, default=8, help="clips per forward/backward of residual_inject"),
+    "residual.bases_on": Choice("fit", "unlabelled", default="fit",
+                                help="per-unit mean and PCA fitted on the fold's fitting clips | every training-side clip"),
+    f"{_RECIPE}.units": Choice("heads", "heads+mlp", default=_recipe("units"),
+                               help="units reweighted, of the stages in inject_layers"),
+    f"{_RECIPE}.pca": Bool(default=_recipe("pca"), help="false: one λ per unit, no basis, no mean"),
+    f"{_RECIPE}.variance": Num(min=0, max=1, min_open=True, default=_recipe("variance"),
+                               help="explained-variance threshold of the kept components"),
+    f"{_RECIPE}.beyond": Choice("keep", "drop", default=_recipe("beyond"),
+                                help="components past the threshold: keep (unchanged) | drop"),
+    f"{_RECIPE}.lam_init": Choice("ones", "normal", default=_recipe("lam_init"), help="ones | normal (1 + N(0,1), seeded)"),
+    f"{_RECIPE}.add_mean": Bool(default=_recipe("add_mean"), help="add the mean back after reweighting"),
+    f"{_RECIPE}.others": Choice("keep", "remove", default=_recipe("others"),
+                                help="units not reweighted: keep (summed unchanged) | remove (zero ablation)"),
+    f"{_RECIPE}.lr": Any_(*_LR["of"], default=_recipe("lr"), help="a learning rate, or a grid chosen on validation"),
+    f"{_RECIPE}.max_epochs": Int(min=0, max=30, default=_recipe("max_epochs"), help="most training epochs"),
+    f"{_RECIPE}.patience": Int(min=1, default=_recipe("patience"), help="early-stopping patience, epochs"),
+    f"{_RECIPE}.batch_size": Int(min=1, default=_recipe("batch_size"), help="clips per step"),
+    f"{_RECIPE}.select_on": Choice("val_accuracy", "val_loss", default=_recipe("select_on"), help=_SELECT),
+    f"{_RECIPE}.warmup_epochs": Int(min=0, default=_recipe("warmup_epochs"),
+                                    help="schedule-free AdamW warm-up (the released code uses none)"),
+    "train.max_epochs": Int(min=0, max=30, default=30, help="trained baselines: most training epochs"),
+    "train.patience": Int(min=1, default=5, help="trained baselines: early-stopping patience, epochs"),
+    "train.batch_size": Int(min=1, default=64, help="trained baselines: clips per step"),
+    "train.weight_decay": Num(min=0, default=0.0, help="trained baselines: AdamW weight decay"),
+    "train.select_on": Choice("val_accuracy", "val_loss", default="val_accuracy", help=_SELECT),
+    "train.device": Choice(*DEVICES, default="auto", help="methods that run the encoder: auto | cpu | cuda"),
+    "baselines.linear.lr": List(Num(min=0, min_open=True), min_len=1, default=[0.001],
+                                help="the released code's value; a list is a grid chosen on validation"),
+    "baselines.linear.init": Choice("default", "identity", default="default",
+                                    help="default (nn.Linear's init, seeded) | identity (W = I, b = 0)"),
+    "baselines.spectral_out.lr": List(Num(min=0, min_open=True), min_len=1, default=[0.001],
+                                      help="the released code's value; a list is a grid chosen on validation"),
+    "baselines.spectral_out.lam_init": Choice("ones", "normal", default="normal", help="ones | normal (1 + N(0,1))"),
+    "baselines.spectral_out.add_mean": Bool(default=False, help="add the mean back after reweighting"),
+    "baselines.linear_adapter.lr": List(Num(min=0, min_open=True), min_len=1, default=[0.001, 0.01, 0.1],
+                                        help="a grid chosen on validation"),
+    "fewshot.shots": List(Int(min=1), min_len=1, unique=True, default=[1, 2, 4, 8, 16],
+                          help="k labelled clips per class; counts the training folds cannot supply are skipped"),
+    "fewshot.seeds": Int(min=1, default=3, help="draws per test fold"),
+    "fewshot.methods": List(Str(), min_len=1, unique=True, default=FEWSHOT_METHODS,
+                            help="registered method names run at every shot count"),
+    "fewshot.inject": Bool(default=False, help="also run methods that need the audio encoder every epoch"),
+    "tip_adapter.alpha": List(Num(min=0), min_len=1, default=[0.1, 0.5, 1.0, 2.0, 3.0],
+                              help="grid for α (weight of the cache), chosen on validation"),
+    "tip_adapter.beta": List(Num(min=0, min_open=True), min_len=1, default=[0.5, 1.0, 2.0, 3.5, 5.5, 7.0],
+                             help="grid for β (sharpness of the cache affinities)"),
+    "tip_adapter.epochs": Int(min=0, default=20, help="tip_adapter_f: epochs of cache-key fine-tuning"),
+    "prompt_learning.epochs": Any_(Choice("coop"), Int(min=0), default="coop",
+                                   help="coop (CoOp's 50 / 100 / 200 epochs at 1 / 2-4 / 8+ shots) or an integer"),
+    "probe.C": List(Num(min=0, min_open=True), min_len=1, default=[0.1, 1.0, 10.0, 100.0],
+                    help="inverse regularisation grid of the linear probe, chosen on validation"),
+    "ablation.total": Bool(default=False, help="also ablate each head inside the forward pass (total effect)"),
+    "ablation.stages": List(Int(min=0, max=3), min_len=1, unique=True, default=[0, 1, 2, 3],
+                            help="stages whose heads get the total-effect ablation"),
+    "ablation.device": Choice(*DEVICES, default="auto", help="the encoder's forward for total: auto | cpu | cuda"),
+    "ablation.batch_size": Int(min=1, default=16, help="clips per forward for total"),
+    "geometry.regimes": List(Choice("pre", "post"), min_len=1, unique=True, default=["pre", "post"],
+                             help="pre: head output before the projection; post: after it"),
+    "geometry.mle_k": Int(min=3, max=200, default=20, help="neighbours of the Levina-Bickel MLE"),
+    "geometry.twonn_discard": Num(min=0, max=0.5, default=0.1, help="largest TwoNN ratios left out of the fit"),
+    "geometry.duplicate_rtol": Num(min=0, max=1e-2, min_open=True, default=1e-6,
+                                   help="clips closer than this x the cloud's RMS radius count as duplicates"),
 }
 
 
@@ -153,7 +232,7 @@ def _describe(spec: dict) -> str:
     elif kind == "bool":
         text = "true or false"
     else:
-        text = "a string"
+        text = "a string" + (f" containing {spec['contains']!r}" if spec.get("contains") else "")
     return text + (" or null" if spec.get("null") else "")
 
 
@@ -174,6 +253,8 @@ def _problem(value: Any, spec: dict) -> str | None:
         if spec.get("choices") and value not in spec["choices"]:
             near = difflib.get_close_matches(value, spec["choices"], n=1)
             return f"is {value!r}; must be {_describe(spec)}" + (f" (did you mean {near[0]!r}?)" if near else "")
+        if spec.get("contains") and spec["contains"] not in value:
+            return f"is {value!r}; must contain {spec['contains']!r}"
         return None
     if kind in ("int", "number"):
         ok = isinstance(value, int) if kind == "int" else isinstance(value, (int, float))
@@ -259,3 +340,89 @@ def validate(params: dict, schema: dict | None = None, source: str = "params.yam
                 raise ParamError(f"{source}: unknown parameter '{key}'{_suggest(key, schema)}")
 
     walk(params, "")
+
+
+# --------------------------------------------------------------------------- defaults and reference
+
+
+def _leaf(key: str) -> tuple[str, dict] | None:
+    return next(((p, SCHEMA[p]) for p in SCHEMA if _matches(p, key)), None)
+
+
+def _resolve(pattern: str, key: str, default):
+    if isinstance(default, PerName):
+        for ps, ks in zip(pattern.split("."), key.split(".")):
+            if _names(ps) is not None and ks in default:
+                return default[ks]
+        raise KeyError(key)
+    return default
+
+
+def default(key: str):
+    """The schema's default of `key` (a leaf, or a mapping holding every leaf under a prefix);
+    `NO_DEFAULT` when the key has none."""
+    found = _leaf(key)
+    if found is not None:
+        value = _resolve(found[0], key, found[1]["default"])
+        return NO_DEFAULT if value is _NONE else _copy(value)
+    tree: dict = {}
+    for pattern in SCHEMA:
+        if not _is_prefix(pattern, key):
+            continue
+        for full in _expand(pattern):
+            if _is_prefix_key(key, full):
+                value = default(full)
+                if value is not NO_DEFAULT:
+                    node = tree
+                    rest = full.split(".")[len(key.split(".")):]
+                    for part in rest[:-1]:
+                        node = node.setdefault(part, {})
+                    node[rest[-1]] = value
+    return tree if tree else NO_DEFAULT
+
+
+NO_DEFAULT = _NONE
+
+
+def _copy(value):
+    return list(value) if isinstance(value, list) else value
+
+
+def _expand(pattern: str) -> list[str]:
+    """Every key a pattern stands for (`{a|b}` segments expanded)."""
+    keys = [[]]
+    for segment in pattern.split("."):
+        keys = [k + [n] for k in keys for n in (_names(segment) or (segment,))]
+    return [".".join(k) for k in keys]
+
+
+def _is_prefix_key(prefix: str, key: str) -> bool:
+    return key.startswith(prefix + ".")
+
+
+def reference_markdown() -> str:
+    """docs/params.md: every key with its type and range, its default and its meaning, from `SCHEMA`."""
+    lines = ["# params.yaml reference", "",
+             "Generated from `residual_audio/core/schema.py`, the one table of every key; a test keeps this",
+             "page equal to it (regenerate with `python -m residual_audio.core.schema > docs/params.md`).",
+             "A `{a|b}` segment stands for each name listed. A key left out of `params.yaml` takes its default.",
+             "", "| key | allowed | default | meaning |", "|---|---|---|---|"]
+    for pattern, spec in SCHEMA.items():
+        value = spec["default"]
+        if isinstance(value, PerName):
+            shown = "; ".join(f"{n}: `{_yaml(v)}`" for n, v in value.items())
+        else:
+            shown = "(required)" if value is _NONE else f"`{_yaml(value)}`"
+        cells = [f"`{pattern}`", _describe(spec), shown, spec["help"]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _yaml(value) -> str:
+    import json
+
+    return "null" if value is None else json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.params import ParamError, check, get
+from ..core.params import ParamError, get
 from ..models.laion import tokenize
 from .base import Estimator, FoldData, register
 from .tip_adapter import audio_and_zeroshot
@@ -96,10 +96,7 @@ class PromptLearning(Estimator):
 
     @classmethod
     def from_params(cls, params: dict) -> "PromptLearning":
-        epochs = get(params, "prompt_learning.epochs", "coop")
-        check(epochs == "coop" or (isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 0),
-              "prompt_learning.epochs", f"must be 'coop' or an integer >= 0, got {epochs!r}")
-        return cls(epochs)
+        return cls(get(params, "prompt_learning.epochs"))
 
     def _epochs(self, labels: np.ndarray) -> int:
         if self.epochs != "coop":

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.params import check, get
+from ..core.params import get
 from ..evaluation.zeroshot import FrozenHead
 from .base import Estimator, FoldData, register
 
@@ -59,12 +59,8 @@ def search(zs: torch.Tensor, cache_by_beta, labels: np.ndarray, alphas, betas) -
     return best
 
 
-def _grid(params: dict, key: str, default) -> tuple:
-    values = get(params, key, list(default))
-    check(isinstance(values, list) and values and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                      and v >= 0 for v in values),
-          key, f"must be a non-empty list of numbers >= 0, got {values!r}")
-    return tuple(float(v) for v in values)
+def _grid(params: dict, key: str) -> tuple:
+    return tuple(float(v) for v in get(params, key))
 
 
 @register
@@ -80,7 +76,7 @@ class TipAdapter(Estimator):
 
     @classmethod
     def from_params(cls, params: dict) -> "TipAdapter":
-        return cls(_grid(params, "tip_adapter.alpha", ALPHA_GRID), _grid(params, "tip_adapter.beta", BETA_GRID))
+        return cls(_grid(params, "tip_adapter.alpha"), _grid(params, "tip_adapter.beta"))
 
     def _cache(self, data: FoldData) -> None:
         idx = np.asarray(data.split.train)
@@ -133,10 +129,7 @@ class TipAdapterF(TipAdapter):
 
     @classmethod
     def from_params(cls, params: dict) -> "TipAdapterF":
-        epochs = get(params, "tip_adapter.epochs", F_EPOCHS)
-        check(isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 0, "tip_adapter.epochs",
-              f"must be an integer >= 0, got {epochs!r}")
-        return cls(_grid(params, "tip_adapter.alpha", ALPHA_GRID), _grid(params, "tip_adapter.beta", BETA_GRID), epochs)
+        return cls(_grid(params, "tip_adapter.alpha"), _grid(params, "tip_adapter.beta"), get(params, "tip_adapter.epochs"))
 
     def fit(self, data: FoldData) -> "TipAdapterF":
         self._cache(data)

@@ -40,19 +40,6 @@ class TrainConfig:
     lr_key: str = "train.lr"  # the params key named when the loss diverges
     warmup_epochs: int = 1  # schedule-free AdamW warm-up, in epochs (0: none, as the ResiDual code)
 
-    def check(self) -> "TrainConfig":
-        if not isinstance(self.max_epochs, int) or not 0 <= self.max_epochs <= 30:
-            raise ParamError(f"params: 'train.max_epochs' must be an integer in 0..30, got {self.max_epochs!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ParamError(f"params: 'train.lr' must be a positive number, got {self.lr!r}")
-        if not isinstance(self.patience, int) or self.patience < 1:
-            raise ParamError(f"params: 'train.patience' must be a positive integer, got {self.patience!r}")
-        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
-            raise ParamError(f"params: 'train.batch_size' must be a positive integer, got {self.batch_size!r}")
-        if self.monitor not in MONITORS:
-            raise ParamError(f"params: 'select_on' must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
-        return self
-
 
 def trainable_count(model: torch.nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
@@ -123,7 +110,6 @@ def train(model, train_inputs: tuple, train_labels, val_inputs: tuple, val_label
           on_epoch=None):
     """Fit the trainable parameters; returns (history rows, chosen lr). The model ends at its best epoch.
     `on_epoch(row)` is called with each epoch's history row as soon as it is known (live logging)."""
-    cfg.check()
     model.eval()  # the frozen parts never switch to training behaviour
     train_labels = torch.as_tensor(train_labels, dtype=torch.long)
     val_labels = torch.as_tensor(val_labels, dtype=torch.long)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..analysis.ablation import direct_total_correlation, fisher_correlation, mean_ablation, total_ablation
 from ..core.io import atomic_path, write_json
-from ..core.params import check, get
+from ..core.params import get
 from ..data.paths import HEADS_DIR, TEXT_DIR
 from ..data.units import parse_unit
 from ..evaluation.protocol import Split
@@ -25,17 +25,8 @@ class AblationParams:
 
     @classmethod
     def read(cls, params: dict) -> "AblationParams":
-        total = get(params, "ablation.total", False)
-        check(isinstance(total, bool), "ablation.total", f"must be true or false, got {total!r}")
-        stages = get(params, "ablation.stages", [0, 1, 2, 3])
-        check(isinstance(stages, list) and stages and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= 3 for s in stages)
-              and len(set(stages)) == len(stages), "ablation.stages", f"must be a non-empty list of distinct stages 0-3, got {stages!r}")
-        device = get(params, "ablation.device", "auto")
-        check(device in ("auto", "cpu", "cuda"), "ablation.device", f"must be auto, cpu or cuda, got {device!r}")
-        batch = get(params, "ablation.batch_size", 16)
-        check(isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1, "ablation.batch_size",
-              f"must be an integer >= 1, got {batch!r}")
-        return cls(total, tuple(sorted(stages)), device, batch)
+        return cls(get(params, "ablation.total"), tuple(sorted(get(params, "ablation.stages"))),
+                   get(params, "ablation.device"), get(params, "ablation.batch_size"))
 
 
 def run(params: dict, dataset: str, geometry: str | Path = "plots/geometry/heads.csv") -> None:
@@ -47,7 +38,7 @@ def run(params: dict, dataset: str, geometry: str | Path = "plots/geometry/heads
 
     p = FoldParams.read(params)
     q = AblationParams.read(params)
-    variant = get(params, "model.variant", None)  # the encoder, with ablation.total
+    variant = get(params, "model.variant")  # the encoder, with ablation.total
     tables, metrics = {}, {}
     geo = pd.read_csv(geometry) if Path(geometry).is_file() else None
     for ds in [dataset]:

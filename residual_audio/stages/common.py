@@ -9,14 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.io import sha256_file
-from ..core.params import ParamError, check, get
+from ..core.params import ParamError, get
 from ..data.paths import HEADS_DIR, MEL_DIR, MODELS_DIR
 from ..data.units import read_units
-from ..evaluation import results as al
-from ..evaluation.protocol import SCHEMES, Split, make_splits
+from ..evaluation.protocol import Split, make_splits
 from ..evaluation.zeroshot import TextCacheError
 from ..methods.residual.inject import read_head_outputs
-from ..methods.residual.maths import check_mode
 from ..models.checkpoints import load_model
 from ..models.hooked import HookedHTSAT
 from ..models.laion import checkpoint_from, load_tokenizer, mel_fingerprint
@@ -34,14 +32,7 @@ class FoldParams:
 
     @classmethod
     def read(cls, params: dict) -> "FoldParams":
-        seed = get(params, "seed", 0)
-        check(isinstance(seed, int), "seed", f"must be an integer, got {seed!r}")
-        scheme, k = get(params, "cv.scheme", "official"), get(params, "cv.k", 5)
-        check(scheme in SCHEMES, "cv.scheme", f"must be one of {', '.join(SCHEMES)}, got {scheme!r}")
-        check(isinstance(k, int) and k >= 2, "cv.k", f"must be an integer >= 2, got {k!r}")
-        val = get(params, "cv.val_fraction", 0.1)
-        check(isinstance(val, (int, float)) and 0 <= val < 1, "cv.val_fraction", f"must be in [0, 1), got {val!r}")
-        return cls(seed, scheme, k, float(val))
+        return cls(get(params, "seed"), get(params, "cv.scheme"), get(params, "cv.k"), float(get(params, "cv.val_fraction")))
 
 
 @dataclass(frozen=True)
@@ -58,18 +49,9 @@ class AlignmentParams:
 
     @classmethod
     def read(cls, params: dict, dataset: str) -> "AlignmentParams":
-        check(isinstance(dataset, str) and dataset, "datasets", f"must hold dataset names, got {dataset!r}")
-        folds = FoldParams.read(params)
-        seed, scheme, k, val = folds.seed, folds.scheme, folds.k, folds.val_fraction
-        inject = get(params, "inject_layers", [0, 1, 2, 3])
-        check_mode("direct", inject)
-        methods = get(params, "methods", list(al.DEFAULT_METHODS))
-        check(isinstance(methods, list) and methods and all(isinstance(m, str) for m in methods)
-              and len(set(methods)) == len(methods), "methods", f"must be a non-empty list of distinct method names, got {methods!r}")
-        device = get(params, "train.device", "auto")
-        check(device in ("auto", "cpu", "cuda"), "train.device", f"must be auto, cpu or cuda, got {device!r}")
-        return cls([dataset], seed, list(inject), scheme, k, float(val), tuple(methods), device,
-                   get(params, "model.variant", None))
+        f = FoldParams.read(params)
+        return cls([dataset], f.seed, list(get(params, "inject_layers")), f.scheme, f.k, f.val_fraction,
+                   tuple(get(params, "methods")), get(params, "train.device"), get(params, "model.variant"))
 
 
 def splits_for(store, p: FoldParams | AlignmentParams, warn: bool = True) -> list[Split]:
@@ -80,23 +62,11 @@ def _store(dataset: str):
     return read_units(HEADS_DIR / f"{dataset}.zarr")
 
 
-# --------------------------------------------------------------------------- text
-
-
-
-
-# --------------------------------------------------------------------------- train
-
-
-
-
-
-
-def _encoder_context(ds: str, store, p: AlignmentParams) -> dict:
+def _encoder_context(ds: str, variant: str, device: str) -> dict:
     """The shared resources of methods that run the encoder: the hooked model on its device and the mel array."""
     heads = read_head_outputs(HEADS_DIR / f"{ds}.zarr")
     mel_store = _mel_store(ds, heads)
-    hooked, device = _encoder(ds, mel_store, p.variant, p.device, "train.device")
+    hooked, device = _encoder(ds, mel_store, variant, device, "train.device")
     return {"hooked": hooked, "device": device, "mel": mel_store["mel"],
             "weights": getattr(hooked.model, "weights", "")}
 
@@ -125,9 +95,6 @@ def _weights(store, text) -> str:
     return "random" if "random" in (store.weights, text.weights) else store.weights
 
 
-# --------------------------------------------------------------------------- ablation
-
-
 # --------------------------------------------------------------------------- what methods need
 
 VALIDATION = "validation"  # in an estimator's `needs`: it selects hyper-parameters on a validation draw
@@ -138,7 +105,7 @@ TEXT_ENCODER = "text_encoder"  # it runs the text encoder (prompt learning): the
 def _text_encoder(params: dict, text, dataset: str, store) -> dict:
     """The model's text branch and the tokenizer, checked against the cached text side."""
     checkpoint = checkpoint_from(MODELS_DIR)
-    model = load_model(checkpoint, get(params, "model.variant", None))
+    model = load_model(checkpoint, get(params, "model.variant"))
     if model.weights != text.weights:
         raise TextCacheError(f"{MODELS_DIR}: {model.weights} weights, but the cached text side has {text.weights} "
                              "ones; rerun the 'text' stage")
@@ -149,7 +116,7 @@ def _text_encoder(params: dict, text, dataset: str, store) -> dict:
 
 def _audio_encoder(params: dict, text, dataset: str, store) -> dict:
     """The hooked audio encoder on `train.device` and the dataset's mel array (inject-mode methods)."""
-    return _encoder_context(dataset, store, AlignmentParams.read(params, dataset))
+    return _encoder_context(dataset, get(params, "model.variant"), get(params, "train.device"))
 
 
 # need -> builder(params, text, dataset, store) returning the FoldData.context entries it provides

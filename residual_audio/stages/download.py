@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..core.params import ParamError, check, get
-from ..data.datasets import DATASETS, DatasetError, check_options
+from ..core.params import ParamError, get
+from ..data.datasets import DatasetError, check_options
 from ..data.fetch import (
-    MAX_MEMBERS,
-    MAX_UNPACKED_MB,
     OFFICIAL_SOURCES,
     OFFLINE_HINTS,
     DownloadError,
@@ -26,10 +24,8 @@ def run(params: dict, name: str, workdir: str | os.PathLike = ".") -> dict:
     """The `download` stage of one dataset: its sources into data/raw/<name>/ (every local source
     checked to exist before anything is written)."""
     workdir = Path(workdir)
-    check(isinstance(name, str) and name in DATASETS, "datasets", f"names {name!r}; known datasets: {', '.join(DATASETS)}")
-    config = get(params, f"data.{name}", {}) or {}
-    check(isinstance(config, dict), f"data.{name}", "must be a mapping with at least 'source'")
-    source = config.get("source")
+    config = get(params, f"data.{name}")
+    source = config["source"]
     if _none(source) if not isinstance(source, list) else not source:
         source = OFFICIAL_SOURCES[name]
         if source is None:
@@ -41,11 +37,11 @@ def run(params: dict, name: str, workdir: str | os.PathLike = ".") -> dict:
         raise ParamError(f"params: 'data.{name}': {exc}") from None
     source = _against(workdir, source)
     check_local_sources([(f"data.{name}.source", s) for s in _as_list(source)])
-    max_mb = get(params, "download.max_unpacked_mb", MAX_UNPACKED_MB)
-    max_members = get(params, "download.max_members", MAX_MEMBERS)
+    max_mb = get(params, "download.max_unpacked_mb")
+    max_members = get(params, "download.max_members")
     try:
         return fetch_dataset(
-            source, workdir / "data" / "raw" / name, config.get("sha256"),
+            source, workdir / "data" / "raw" / name, config["sha256"],
             key=f"data.{name}.source", check_dataset=name, options=options,
             limits=(int(max_mb * 2**20), int(max_members)),
         )

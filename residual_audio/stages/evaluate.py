@@ -118,11 +118,7 @@ def run(params: dict, dataset: str, results_dir: Path = Path("data/results")) ->
     λ tables and figures under lambda/).
     """
     from ..core.logs import progress
-    from ..core.params import check
-
-    names = get(params, "methods", list(al.DEFAULT_METHODS))
-    check(isinstance(names, list) and names and all(isinstance(m, str) for m in names), "methods",
-          f"must be a non-empty list of method names, got {names!r}")
+    names = get(params, "methods")
     methods = collect([dataset], results_dir, names)[dataset]
     out_plots, out_metrics = PLOTS_DIR / dataset, METRICS_DIR / dataset
     headline, details, fold_rows, learning, recall_rows, comparison = {}, {}, [], [], [], []

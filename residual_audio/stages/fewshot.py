@@ -24,15 +24,12 @@ from ..core.io import atomic_path, write_json
 from ..core.params import ParamError, check, get
 from ..data.paths import HEADS_DIR, RESULTS_DIR, TEXT_DIR
 from ..data.units import read_units
-from ..evaluation.protocol import SCHEMES, Split, make_splits
+from ..evaluation.protocol import Split, make_splits
 from ..evaluation.zeroshot import load_text_side, zeroshot_logits
-from ..methods import REGISTRY, FoldData, build
+from ..methods import REGISTRY, FoldData, build, check_names
 from .common import ENCODER, VALIDATION, method_context
 
 METRICS_DIR, PLOTS_DIR = Path("metrics"), Path("plots/fewshot")
-DEFAULT_SHOTS = [1, 2, 4, 8, 16]
-DEFAULT_METHODS = ["zeroshot", "linear_probe", "tip_adapter", "tip_adapter_f", "residual_fine",
-                   "residual_fine_unlabelled", "residual_identity"]
 
 
 @dataclass(frozen=True)
@@ -48,29 +45,10 @@ class FewshotParams:
 
     @classmethod
     def read(cls, params: dict) -> "FewshotParams":
-        shots = get(params, "fewshot.shots", DEFAULT_SHOTS)
-        check(isinstance(shots, list) and shots and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1
-                                                        for s in shots) and len(set(shots)) == len(shots),
-              "fewshot.shots", f"must be a non-empty list of distinct integers >= 1, got {shots!r}")
-        seeds = get(params, "fewshot.seeds", 3)
-        check(isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1, "fewshot.seeds",
-              f"must be an integer >= 1, got {seeds!r}")
-        methods = get(params, "fewshot.methods", DEFAULT_METHODS)
-        check(isinstance(methods, list) and methods and all(isinstance(m, str) and m for m in methods)
-              and len(set(methods)) == len(methods), "fewshot.methods",
-              f"must be a non-empty list of distinct method names, got {methods!r}")
-
-        unknown = [m for m in methods if m not in REGISTRY]
-        check(not unknown, "fewshot.methods", f"names unknown method(s) {', '.join(map(repr, unknown))} "
-              f"(known: {', '.join(sorted(REGISTRY))})")
-        inject = get(params, "fewshot.inject", False)
-        check(isinstance(inject, bool), "fewshot.inject", f"must be true or false, got {inject!r}")
-        seed = get(params, "seed", 0)
-        check(isinstance(seed, int) and not isinstance(seed, bool), "seed", f"must be an integer, got {seed!r}")
-        scheme, k = get(params, "cv.scheme", "official"), get(params, "cv.k", 5)
-        check(scheme in SCHEMES, "cv.scheme", f"must be one of {', '.join(SCHEMES)}, got {scheme!r}")
-        check(isinstance(k, int) and not isinstance(k, bool) and k >= 2, "cv.k", f"must be an integer >= 2, got {k!r}")
-        return cls(tuple(sorted(shots)), seeds, tuple(methods), inject, seed, scheme, k, get(params, "model.variant", None))
+        methods = check_names(get(params, "fewshot.methods"), "fewshot.methods")
+        return cls(tuple(sorted(get(params, "fewshot.shots"))), get(params, "fewshot.seeds"), tuple(methods),
+                   get(params, "fewshot.inject"), get(params, "seed"), get(params, "cv.scheme"), get(params, "cv.k"),
+                   get(params, "model.variant"))
 
 
 # --------------------------------------------------------------------------- draws
@@ -183,7 +161,6 @@ def fewshot_dataset(params: dict, dataset: str, metrics_path: Path | None = None
     import pandas as pd
 
     p = FewshotParams.read(params)
-    check(isinstance(dataset, str) and dataset, "datasets", f"must hold dataset names, got {dataset!r}")
     metrics_path = METRICS_DIR / dataset / "fewshot.json" if metrics_path is None else metrics_path
     plots_dir = PLOTS_DIR / dataset if plots_dir is None else plots_dir
     methods = [m for m in p.methods if ENCODER not in REGISTRY[m].needs or p.inject]

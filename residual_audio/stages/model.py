@@ -22,7 +22,7 @@ def run(params: dict, workdir: str | os.PathLike = ".") -> dict:
     checked before anything is written; an official file name is checked against its published sha256)."""
     workdir = Path(workdir)
     checkpoint = get(params, "model.checkpoint")
-    checkpoint_sha256 = get(params, "model.checkpoint_sha256", None)
+    checkpoint_sha256 = get(params, "model.checkpoint_sha256")
     if isinstance(checkpoint, str) and checkpoint in OFFICIAL_CHECKPOINTS and not (workdir / checkpoint).exists():
         published = OFFICIAL_SHA256.get(checkpoint)
         if published and checkpoint_sha256 and str(checkpoint_sha256).lower() != published:
@@ -30,7 +30,7 @@ def run(params: dict, workdir: str | os.PathLike = ".") -> dict:
                              f"with sha256 {published}")
         checkpoint_sha256 = checkpoint_sha256 or published
         checkpoint = OFFICIAL_CHECKPOINTS[checkpoint]  # an official file name stands for its URL
-    tokenizer = _against(workdir, get(params, "model.tokenizer", None))
+    tokenizer = _against(workdir, get(params, "model.tokenizer"))
     checkpoint = _against(workdir, checkpoint)
     check_local_sources([("model.checkpoint", checkpoint), ("model.tokenizer", tokenizer)])
     try:

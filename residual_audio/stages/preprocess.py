@@ -21,7 +21,7 @@ from tqdm import tqdm
 from zarr.codecs import ZstdCodec
 
 from ..core.io import atomic_path
-from ..core.params import check, get
+from ..core.params import get
 from ..data import audio, datasets
 from ..data.fetch import original_source
 from ..data.stores import seal
@@ -158,29 +158,19 @@ def preprocess(
 def run(params: dict, name: str, workdir: str | Path = ".") -> Path:
     """The `preprocess` stage of dataset `name`: data/raw/<name>/ into data/mel/<name>.zarr."""
     workdir = Path(workdir)
-    check(isinstance(name, str) and name in datasets.DATASETS, "datasets",
-          f"is {name!r}; known datasets: {', '.join(datasets.DATASETS)}")
-    config = get(params, f"data.{name}", {}) or {}
+    config = get(params, f"data.{name}")
     options = {k: v for k, v in config.items() if k not in ("source", "sha256", "limit")}
-    limit = config.get("limit")
-    check(limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit > 0),
-          f"data.{name}.limit", f"must be a positive integer or null, not {limit!r}")
-    seed = get(params, "seed", 0)
-    crop = get(params, "preprocess.crop", "start")
-    check(crop in ("start", "center") or (isinstance(crop, int) and not isinstance(crop, bool) and crop >= 0),
-          "preprocess.crop", f"must be 'start', 'center' or a sample offset >= 0, not {crop!r}")
-    front_end = get(params, "preprocess.front_end", "exact")
-    check(front_end in FRONT_ENDS, "preprocess.front_end", f"must be one of {', '.join(FRONT_ENDS)}, not {front_end!r}")
-    batch_size = get(params, "preprocess.batch_size", 16)
-    check(isinstance(batch_size, int) and batch_size > 0, "preprocess.batch_size", "must be a positive integer")
-    min_seconds = get(params, "preprocess.min_seconds", audio.MIN_SECONDS)
-    check(isinstance(min_seconds, (int, float)) and not isinstance(min_seconds, bool) and min_seconds >= 0,
-          "preprocess.min_seconds", f"must be a number >= 0, not {min_seconds!r}")
+    limit = config["limit"]
+    seed = get(params, "seed")
+    crop = get(params, "preprocess.crop")
+    front_end = get(params, "preprocess.front_end")
+    batch_size = get(params, "preprocess.batch_size")
+    min_seconds = get(params, "preprocess.min_seconds")
 
     clips, classes = datasets.list_clips(name, workdir / "data" / "raw" / name, **options)
     clips = datasets.select(clips, limit, seed)
     checkpoint = checkpoint_from(workdir / "data" / "models")
-    variant = get(params, "model.variant", "tiny")
+    variant = get(params, "model.variant")
     front = checkpoints.front_end(checkpoint, variant)
     weights = "random" if checkpoint == "random" else "pretrained"
     out = workdir / "data" / "mel"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ..core.io import sha256_file
-from ..core.params import ParamError, check, get
+from ..core.params import ParamError, get
 from ..data.paths import HEADS_DIR, MODELS_DIR, TEXT_DIR
 from ..data.stores import open_store
-from ..evaluation.zeroshot import DEFAULT_TEMPLATES, build_text_side, save_text_side
+from ..evaluation.zeroshot import build_text_side, save_text_side
 from ..models import hf
 from ..models.checkpoints import load_model
 from ..models.laion import load_tokenizer
@@ -16,14 +16,10 @@ def run(params: dict, dataset: str) -> None:
     """Class vectors, temperature and frozen audio projection per dataset → data/text/<dataset>.npz."""
 
     datasets = [dataset]
-    checkpoint = str(get(params, "model.checkpoint", "random"))
-    variant = get(params, "model.variant", "tiny")
-    tokenizer = get(params, "model.tokenizer", None)
-    templates = get(params, "zeroshot.templates", list(DEFAULT_TEMPLATES))
-    if isinstance(templates, str):
-        templates = [templates]
-    check(isinstance(templates, list) and templates and all(isinstance(t, str) and "{label}" in t for t in templates),
-          "zeroshot.templates", "must be a non-empty list of strings, each with a '{label}' placeholder")
+    checkpoint = str(get(params, "model.checkpoint"))
+    variant = get(params, "model.variant")
+    tokenizer = get(params, "model.tokenizer")
+    templates = get(params, "zeroshot.templates")
     random = checkpoint.strip().lower() == "random"
     folder = MODELS_DIR / hf.FOLDER  # the model stage's ClapModel folder, else its checkpoint.pt
     checkpoint_file = "random" if random else str(folder if hf.is_folder(folder) else MODELS_DIR / "checkpoint.pt")

@@ -54,7 +54,7 @@ from ...data.stores import StoreError, open_store
 from ...data.units import parse_unit
 from ...evaluation.zeroshot import FrozenHead
 from ..base import Estimator, FoldData, register
-from .maths import BEYOND, UnitBases, kept_components
+from .maths import UnitBases, kept_components
 
 PRE = "heads/pre"
 
@@ -289,13 +289,7 @@ class InjectResiDual(nn.Module):
     def __init__(self, hooked, head: FrozenHead, bases: UnitBases, stages, beyond: str = "keep", *,
                  granularity: str = "head", add_mean: bool = True, pca: bool = True, lam: torch.Tensor | None = None):
         super().__init__()
-        if beyond not in BEYOND:
-            raise ParamError(f"params: 'residual.beyond' must be one of {', '.join(BEYOND)}, got {beyond!r}")
-        if granularity not in GRANULARITIES:
-            raise ParamError(f"params: 'residual.granularity' must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
         stages = sorted(set(stages))
-        if not stages:
-            raise ParamError("params: 'inject_layers' must name at least one stage")
         hooked.model.requires_grad_(False)
         self.hooked = hooked  # not an nn.Module: the encoder is held by reference, never copied or trained
         self.start, self.stages, self.beyond = stages[0], stages, beyond
@@ -475,35 +469,6 @@ def train_lambda(model: InjectResiDual, entry: torch.Tensor, labels: np.ndarray,
 # --------------------------------------------------------------------------- the estimator
 
 
-def recipe_from_params(params: dict, name: str):
-    """The recipe `name` with the fields given under `residual.recipes.<name>` (the same reading and
-    checks as the direct-mode recipes)."""
-    from .maths import RECIPES
-    from .recipes import read_recipe
-
-    if name not in RECIPES:
-        raise ParamError(f"params: 'residual.inject.recipe' must be one of {', '.join(RECIPES)}, got {name!r}")
-    return read_recipe(params, name)
-
-
-def check_recipe(recipe) -> None:
-    """Every field in range; errors name `residual.recipes.<name>.<field>`."""
-    key = f"residual.recipes.{recipe.name}"
-    rules = [
-        ("variance", 0 < recipe.variance <= 1, "must be in (0, 1]"),
-        ("beyond", recipe.beyond in BEYOND, f"must be one of {', '.join(BEYOND)}"),
-        ("lam_init", recipe.lam_init in LAM_INIT, f"must be one of {', '.join(LAM_INIT)}"),
-        ("select_on", recipe.select_on in SELECT_ON, f"must be one of {', '.join(SELECT_ON)}"),
-        ("lr", all(np.isfinite(v) and v > 0 for v in np.atleast_1d(recipe.lr)), "must be a positive number or a list of them"),
-        ("max_epochs", 0 <= recipe.max_epochs <= 1000, "must be an integer in 0..1000"),
-        ("patience", recipe.patience >= 1, "must be a positive integer"),
-        ("batch_size", recipe.batch_size >= 1, "must be a positive integer"),
-    ]
-    for field, ok, message in rules:
-        if not ok:
-            raise ParamError(f"params: '{key}.{field}' {message}, got {getattr(recipe, field)!r}")
-
-
 ENTRY_KEY = "residual_inject/entry/{stage}"  # data.context key of the entry cache (shared by folds)
 
 
@@ -528,21 +493,12 @@ class ResidualInject(Estimator):
 
     @classmethod
     def from_params(cls, params: dict) -> "ResidualInject":
-        from ...core.params import check, get
+        from ...core.params import get
+        from .recipes import read_recipe
 
-        stages = get(params, "inject_layers", [0])
-        check(isinstance(stages, (list, tuple)) and len(stages) > 0 and len(set(map(repr, stages))) == len(stages)
-              and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 4 for s in stages),
-              "inject_layers", f"must be a non-empty list of distinct stage indices 0..3, got {stages!r}")
-        granularity = get(params, "residual.granularity", "head")
-        check(granularity in GRANULARITIES, "residual.granularity", f"must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
-        micro = get(params, "residual.inject.micro_batch", 8)
-        check(isinstance(micro, int) and not isinstance(micro, bool) and micro >= 1, "residual.inject.micro_batch",
-              f"must be a positive integer, got {micro!r}")
-        device = get(params, "train.device", "auto")
-        check(device in ("auto", "cpu", "cuda"), "train.device", f"must be auto, cpu or cuda, got {device!r}")
-        recipe = recipe_from_params(params, get(params, "residual.inject.recipe", "identity"))
-        return cls(recipe=recipe, granularity=granularity, stages=sorted(stages), device=device, micro_batch=micro)
+        return cls(recipe=read_recipe(params, get(params, "residual.inject.recipe")),
+                   granularity=get(params, "residual.granularity"), stages=sorted(get(params, "inject_layers")),
+                   device=get(params, "train.device"), micro_batch=get(params, "residual.inject.micro_batch"))
 
     def _entry(self, data: FoldData) -> torch.Tensor:
         """The stream entering the first injected stage for every clip, built once per dataset."""
@@ -558,9 +514,6 @@ class ResidualInject(Estimator):
                               granularity=self.granularity, add_mean=r.add_mean, pca=r.pca, lam=lam).to(data.context["device"])
 
     def fit(self, data: FoldData) -> "ResidualInject":
-        if self.granularity not in GRANULARITIES:
-            raise ParamError(f"params: 'residual.granularity' must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}")
-        check_recipe(self.recipe)
         hooked, device = data.context["hooked"], data.context["device"]
         entry = self._entry(data)
         if self.recipe.pca:

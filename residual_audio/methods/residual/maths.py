@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from ...core.params import ParamError
+from ...core.schema import RECIPE_DEFAULTS
 
-MODES = ("direct", "inject")
 BEYOND = ("keep", "drop")
 
 
@@ -97,8 +97,6 @@ def fit_bases(units: np.ndarray, unit_index, unit_names, threshold: float) -> Un
     `unit_index` picks the units to fit."""
     from tqdm import tqdm
 
-    if not 0 < threshold <= 1:
-        raise ParamError(f"params: 'residual.variance' must be in (0, 1], got {threshold!r}")
     unit_index = np.asarray(unit_index, dtype=np.int64)
     n, _, d = units.shape
     if n < 2:
@@ -132,20 +130,6 @@ def rd(x: torch.Tensor, components: torch.Tensor, mean: torch.Tensor, lam: torch
     return x + (coef * (lam - 1)) @ components
 
 
-def check_mode(mode: str, inject_layers, n_stages: int = 4) -> None:
-    """Validate `residual.mode` and the top-level `inject_layers` (checked in either mode,
-    so a bad value is caught before it silently matters)."""
-    if mode not in MODES:
-        raise ParamError(f"params: 'residual.mode' must be one of {', '.join(MODES)}, got {mode!r}")
-    if not isinstance(inject_layers, (list, tuple)) or not inject_layers:
-        raise ParamError(f"params: 'inject_layers' must be a non-empty list of stage indices, got {inject_layers!r}")
-    for s in inject_layers:
-        if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < n_stages:
-            raise ParamError(f"params: 'inject_layers' entries must be stage indices 0..{n_stages - 1}, got {s!r}")
-    if len(set(inject_layers)) != len(inject_layers):
-        raise ParamError(f"params: 'inject_layers' has repeated stages: {inject_layers!r}")
-
-
 # --------------------------------------------------------------------------- recipes
 
 
@@ -169,26 +153,27 @@ class Recipe:
     """
 
     name: str
-    units: str = "heads"
-    pca: bool = True
-    variance: float = 1.0
-    beyond: str = "keep"
-    lam_init: str = "normal"
-    add_mean: bool = False
-    others: str = "remove"
-    lr: float | tuple = 0.8
-    max_epochs: int = 30
-    patience: int = 5
-    batch_size: int = 64
-    select_on: str = "val_accuracy"
-    warmup_epochs: int = 0
+    units: str
+    pca: bool
+    variance: float
+    beyond: str
+    lam_init: str
+    add_mean: bool
+    others: str
+    lr: float | tuple
+    max_epochs: int
+    patience: int
+    batch_size: int
+    select_on: str
+    warmup_epochs: int
+
+    @classmethod
+    def of(cls, name: str, values: dict) -> "Recipe":
+        """The recipe from a mapping of every field (a list of learning rates becomes a tuple)."""
+        lr = values["lr"]
+        return cls(name, **{**values, "lr": tuple(float(v) for v in lr) if isinstance(lr, (list, tuple)) else lr})
 
 
-# Basile et al. (2025), released configs (conf/train/residual_*.gin, nn/adapter.py), and ours.
-RECIPES = {
-    "coarse": Recipe("coarse", units="heads", pca=False, lam_init="normal", add_mean=False, others="remove"),
-    "fine": Recipe("fine", units="heads", variance=0.9, beyond="drop", lam_init="normal", add_mean=False, others="remove"),
-    "full": Recipe("full", units="heads+mlp", variance=1.0, beyond="drop", lam_init="normal", add_mean=False, others="keep"),
-    "identity": Recipe("identity", units="heads", variance=0.95, beyond="keep", lam_init="ones", add_mean=True,
-                       others="keep", lr=(0.001, 0.01, 0.1), select_on="val_loss", warmup_epochs=1),
-}
+# Basile et al. (2025), released configs (conf/train/residual_*.gin, nn/adapter.py), and ours: the
+# schema's defaults of `residual.recipes.<name>.*` (core.schema.RECIPE_DEFAULTS, their one home).
+RECIPES = {name: Recipe.of(name, values) for name, values in RECIPE_DEFAULTS.items()}

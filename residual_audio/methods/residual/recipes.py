@@ -23,21 +23,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, fields
 
 import numpy as np
 import torch
 from torch import nn
 
-from ...core.params import ParamError, check, get
+from ...core.params import ParamError, get
 from ...data.stores import StoreError
-from ...data.units import UNIT_SETS, parse_unit
+from ...data.units import parse_unit
 from ...evaluation.zeroshot import FrozenHead
 from ..base import Estimator, FoldData, register
 from ..baselines import CHUNK, EVAL_BATCH, init_lambda
-from ..training import MONITORS, TrainConfig, evaluate, train_grid
-from .maths import BEYOND, RECIPES, Recipe, UnitBases, check_mode, fixed_signs, n_components, unit_pca
+from ..training import TrainConfig, evaluate, train_grid
+from .maths import Recipe, UnitBases, fixed_signs, n_components, unit_pca
 
 BASES_ON = ("fit", "unlabelled")
 OTHERS = ("keep", "remove")
@@ -45,38 +44,9 @@ LAM_INIT = ("ones", "normal")
 
 
 def read_recipe(params: dict, name: str) -> Recipe:
-    """`residual.recipes.<name>` over the defaults of RECIPES[name], every field checked (errors name the key)."""
-    base = RECIPES[name]
-    block = get(params, f"residual.recipes.{name}", {}) or {}
-    key = f"residual.recipes.{name}"
-    check(isinstance(block, dict), key, f"must be a mapping of recipe fields, got {block!r}")
-    known = {f.name for f in fields(Recipe)} - {"name"}
-    for k in block:
-        check(k in known, f"{key}.{k}", f"is not a recipe field (known: {', '.join(sorted(known))})")
-    r = replace(base, **block)
-
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    check(r.units in UNIT_SETS, f"{key}.units", f"must be one of {', '.join(UNIT_SETS)}, got {r.units!r}")
-    check(isinstance(r.pca, bool), f"{key}.pca", f"must be true or false, got {r.pca!r}")
-    check(isinstance(r.variance, (int, float)) and not isinstance(r.variance, bool) and 0 < r.variance <= 1,
-          f"{key}.variance", f"must be in (0, 1], got {r.variance!r}")
-    check(r.beyond in BEYOND, f"{key}.beyond", f"must be one of {', '.join(BEYOND)}, got {r.beyond!r}")
-    check(r.lam_init in LAM_INIT, f"{key}.lam_init", f"must be one of {', '.join(LAM_INIT)}, got {r.lam_init!r}")
-    check(isinstance(r.add_mean, bool), f"{key}.add_mean", f"must be true or false, got {r.add_mean!r}")
-    check(r.others in OTHERS, f"{key}.others", f"must be one of {', '.join(OTHERS)}, got {r.others!r}")
-    lrs = list(r.lr) if isinstance(r.lr, (list, tuple)) else [r.lr]
-    check(lrs and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and math.isfinite(v) for v in lrs),
-          f"{key}.lr", f"must be a positive number or a non-empty list of them, got {r.lr!r}")
-    check(is_int(r.max_epochs) and 0 <= r.max_epochs <= 30, f"{key}.max_epochs", f"must be an integer in 0..30, got {r.max_epochs!r}")
-    check(is_int(r.patience) and r.patience >= 1, f"{key}.patience", f"must be a positive integer, got {r.patience!r}")
-    check(is_int(r.batch_size) and r.batch_size >= 1, f"{key}.batch_size", f"must be a positive integer, got {r.batch_size!r}")
-    check(is_int(r.warmup_epochs) and r.warmup_epochs >= 0, f"{key}.warmup_epochs", f"must be an integer >= 0, got {r.warmup_epochs!r}")
-    check(r.select_on in MONITORS, f"{key}.select_on", f"must be one of {', '.join(MONITORS)}, got {r.select_on!r}")
-    if isinstance(r.lr, (list, tuple)):
-        r = replace(r, lr=tuple(float(v) for v in r.lr))
-    return r
+    """Recipe `name` as `residual.recipes.<name>.*` gives it (the schema holds the defaults and checked every field)."""
+    values = {f.name: get(params, f"residual.recipes.{name}.{f.name}") for f in fields(Recipe) if f.name != "name"}
+    return Recipe.of(name, values)
 
 
 def identity_form(r: Recipe) -> bool:
@@ -132,11 +102,8 @@ class ResiDualRecipe(Estimator):
     @classmethod
     def from_params(cls, params):
         recipe = read_recipe(params, cls.recipe_name)
-        layers = get(params, "inject_layers", [0, 1, 2, 3])
-        check_mode("direct", layers)
-        bases_on = cls.fixed_bases_on or get(params, "residual.bases_on", "fit")
-        check(bases_on in BASES_ON, "residual.bases_on", f"must be one of {', '.join(BASES_ON)}, got {bases_on!r}")
-        return cls(recipe, tuple(sorted(layers)), bases_on)
+        bases_on = cls.fixed_bases_on or get(params, "residual.bases_on")
+        return cls(recipe, tuple(sorted(get(params, "inject_layers"))), bases_on)
 
     # ---------------------------------------------------------------- bases
     def _units(self, store) -> tuple[np.ndarray, np.ndarray]:
@@ -220,7 +187,7 @@ class ResiDualRecipe(Estimator):
         ftr, fva = self._features(data, tr), self._features(data, va)
         cfg = TrainConfig(max_epochs=r.max_epochs, patience=r.patience, batch_size=r.batch_size, monitor=r.select_on,
                           seed=data.seed, lr_key=f"residual.recipes.{self.recipe_name}.lr",
-                          warmup_epochs=r.warmup_epochs).check()
+                          warmup_epochs=r.warmup_epochs)
         lrs = r.lr if isinstance(r.lr, tuple) else (float(r.lr),)
         self.model_, self.history_, self.lr_, self.lr_scores_ = train_grid(
             lambda: RecipeModel(head, self.lam_init_, psi, offset), lrs, ftr, data.labels[tr], fva, data.labels[va], cfg,
