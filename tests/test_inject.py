@@ -23,7 +23,8 @@ from residual_audio.methods.residual.maths import UnitBases, fit_bases
 from residual_audio.methods.training import TrainConfig, evaluate, train, trainable_count
 from residual_audio.models.decompose import head_rows
 from residual_audio.models.hooked import HookedHTSAT
-from residual_audio.stages.extract import HeadExtractor, MelStoreError
+from residual_audio.data.mel import MelStoreError
+from residual_audio.stages.extract import HeadExtractor
 
 N = 8
 

@@ -26,12 +26,13 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from ..data.datasets import DatasetError
     from ..data.fetch import DownloadError
     from ..data.stores import StoreError
+    from ..evaluation.results import ResultsError
     from ..evaluation.zeroshot import TextCacheError
     from ..models.laion import CheckpointError, TokenizerError
     from .params import ParamError
 
     return (AudioError, CheckpointError, TokenizerError, DatasetError, DownloadError, StoreError,
-            ParamError, TextCacheError, OutOfSpaceError, FileNotFoundError)
+            ParamError, ResultsError, TextCacheError, OutOfSpaceError, FileNotFoundError)
 
 
 def _parser(stage: Stage) -> argparse.ArgumentParser:
