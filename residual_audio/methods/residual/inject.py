@@ -283,7 +283,8 @@ class InjectResiDual(nn.Module):
         expected = unit_names(hooked.arch, stages, granularity)
         if bases.unit_names != expected:
             missing = sorted(set(expected) - set(bases.unit_names))[:3]
-            raise ParamError(f"bases: the units of stages {stages} are not all there in storage order (e.g. {missing}); rerun 'bases'")
+            raise ParamError(f"params: 'inject_layers': the bases hold the units of stages {stages} only in part, or out of "
+                             f"storage order (e.g. {missing}); fit them on the same inject_layers")
         self.sites = hook_sites(hooked.arch, stages, granularity)
         comps = torch.from_numpy(bases.components)
         n_units, d = bases.means.shape
