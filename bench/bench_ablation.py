@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from residual_audio.analysis.ablation import ablated_embedding, head_mean_hook, stage_streams  # noqa: E402
 from residual_audio.models.hooked import HookedHTSAT  # noqa: E402
 from residual_audio.models.laion import build_model, log_mel  # noqa: E402
-from residual_audio.stages.extract import resolve_device  # noqa: E402
+from residual_audio.models.device import resolve_device  # noqa: E402
 
 
 def sync(device) -> None:

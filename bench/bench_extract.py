@@ -69,7 +69,8 @@ def sync(device):
 
 def throughput(args) -> dict:
     from residual_audio.models.laion import audio_embedding_from_mel, build_model
-    from residual_audio.stages.extract import HeadExtractor, resolve_device
+    from residual_audio.models.device import resolve_device
+    from residual_audio.stages.extract import HeadExtractor
 
     device = resolve_device(args.device)
     model = build_model(args.variant)

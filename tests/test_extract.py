@@ -9,6 +9,8 @@ import pytest
 import torch
 import zarr
 
+from conftest import checked
+
 from residual_audio.core.params import ParamError
 from residual_audio.data.stores import seal
 from residual_audio.models.decompose import relative_error
@@ -207,7 +209,7 @@ def test_stage_run_from_params_and_param_errors(model, mel_store, tmp_path, monk
         ("model.checkpoint", str(tmp_path / "missing.pt"), "model.checkpoint"),
     ]:
         with pytest.raises(ParamError, match=message.replace(".", r"\.")):
-            ex.run(with_(key, value), "toy", tmp_path)
+            checked(ex.run, with_(key, value), "toy", tmp_path)
     with pytest.raises(ex.MelStoreError, match="mel store not found"):
         ex.run(params, "absent", tmp_path)
 

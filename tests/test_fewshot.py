@@ -235,7 +235,7 @@ def test_any_registered_method_runs_and_inject_methods_only_when_asked(project, 
     ref = curves[curves.method == "zeroshot_reference"].accuracy_mean.item()
     assert metrics["accuracy"]["test_recorder"]["1"]["mean"] == pytest.approx(ref)
     # asked for, an encoder method gets the hooked encoder and the mel store, which this project lacks: named
-    from residual_audio.stages.extract import MelStoreError
+    from residual_audio.data.mel import MelStoreError
 
     p["fewshot"]["inject"] = True
     with pytest.raises(MelStoreError, match="data/mel/syn.zarr"):

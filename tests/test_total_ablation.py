@@ -18,7 +18,8 @@ from residual_audio.evaluation.protocol import make_splits
 from residual_audio.methods.residual.inject import head_name
 from residual_audio.models.decompose import head_rows
 from residual_audio.models.hooked import HookedHTSAT
-from residual_audio.stages.extract import HeadExtractor, MelStoreError
+from residual_audio.data.mel import MelStoreError
+from residual_audio.stages.extract import HeadExtractor
 
 N = 4
 

@@ -21,7 +21,7 @@ from scipy import stats
 from scipy.cluster.hierarchy import leaves_list, linkage
 from tqdm.auto import tqdm
 
-from ..data import stores
+from ..data.heads import HeadsStore
 from ..data.stores import StoreError
 from . import figures as geometry_figures
 from . import intrinsic
@@ -89,40 +89,19 @@ class HeadStore:
 
 
 def open_store(path: str | Path) -> HeadStore:
-    """Open a heads store and check everything the geometry stage relies on."""
-    path = Path(path)
-    group = stores.open_store(path, attrs=("heads", "classes", "weights", "variant", "dataset"), kind="heads store",
-                                hint="run the extract stage")
-    attrs = dict(group.attrs)
-    if attrs["weights"] not in ("random", "pretrained"):
-        raise StoreError(f"{path}: attribute 'weights' must be 'random' or 'pretrained', got {attrs['weights']!r}")
-    rows = np.asarray(attrs["heads"], dtype=np.int64)
-    if rows.ndim != 2 or rows.shape[1] != 3:
-        raise StoreError(f"{path}: attribute 'heads' must be a list of [stage, block, head] rows")
-
-    def array(key):
-        try:
-            return group[key]
-        except KeyError:
-            raise StoreError(f"{path}: array '{key}' is missing") from None
-
-    pre, label = array("heads/pre"), array("label")
-    n = label.shape[0]
-    if pre.ndim != 3 or pre.shape[:2] != (n, len(rows)):
-        raise StoreError(f"{path}: 'heads/pre' has shape {pre.shape}, expected [{n}, {len(rows)}, head_dim]")
-    for stage in sorted(set(rows[:, 0].tolist())):
-        key = f"heads/post/stage{stage}"
-        post = array(key)
-        expected = int((rows[:, 0] == stage).sum())
-        if post.ndim != 3 or post.shape[:2] != (n, expected):
-            raise StoreError(f"{path}: '{key}' has shape {post.shape}, expected [{n}, {expected}, width]")
-    labels = np.asarray(label[:])
-    classes = list(attrs["classes"])
-    if labels.min(initial=0) < 0 or labels.max(initial=0) >= len(classes):
-        raise StoreError(f"{path}: 'label' values must index attribute 'classes' (0..{len(classes) - 1})")
-    if len(np.unique(labels)) < 2:
-        raise StoreError(f"{path}: 'label' holds fewer than 2 classes; the Fisher score needs at least 2")
-    return HeadStore(path, str(attrs["dataset"]), str(attrs["weights"]), str(attrs["variant"]), classes, rows, labels, group)
+    """A heads store (read through `data.heads.HeadsStore`) with what the geometry stage needs on top:
+    `heads/pre`, every stage's `heads/post`, the `variant` and `dataset` attributes and two classes."""
+    store = HeadsStore.open(path, need=("heads/pre",))
+    for stage in sorted(set(store.rows[:, 0].tolist())):
+        if not store.has(f"heads/post/stage{stage}"):
+            raise StoreError(f"{store.path}: array 'heads/post/stage{stage}' is missing")
+    for key in ("variant", "dataset"):
+        if key not in store.attrs:
+            raise StoreError(f"{store.path}: missing attribute '{key}'")
+    if len(np.unique(store.label)) < 2:
+        raise StoreError(f"{store.path}: 'label' holds fewer than 2 classes; the Fisher score needs at least 2")
+    return HeadStore(store.path, str(store.attrs["dataset"]), store.weights, store.variant, store.classes,
+                     store.rows, store.label, store.group)
 
 
 # ----------------------------------------------------------------------------- per head

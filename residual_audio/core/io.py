@@ -31,6 +31,14 @@ _OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _current: "Transaction | None" = None
 
 
+_TEMPORARY = re.compile(r"(^|/)\.([^/]+)\.(?:tmp|old)-\d+-[0-9a-f]+(?=/|$)")
+
+
+def user_path(path) -> str:
+    """`path` with any temporary sibling (`.<name>.tmp-<pid>-<hex>`) shown as the final name it stands for."""
+    return _TEMPORARY.sub(lambda m: m.group(1) + m.group(2), os.fsdecode(path))
+
+
 class OutOfSpaceError(RuntimeError):
     """Writing an output failed for lack of disk space (or a file-size limit); names the path."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 if not sys.stderr.isatty():
     os.environ.setdefault("TQDM_DISABLE", "1")
 
-from .io import OutOfSpaceError, is_out_of_space, transaction  # noqa: E402
+from .io import OutOfSpaceError, is_out_of_space, transaction, user_path  # noqa: E402
 from .params import load_params  # noqa: E402
 from .pipeline import STAGES, Stage, stage_help  # noqa: E402
 
@@ -26,12 +26,13 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from ..data.datasets import DatasetError
     from ..data.fetch import DownloadError
     from ..data.stores import StoreError
+    from ..evaluation.results import ResultsError
     from ..evaluation.zeroshot import TextCacheError
     from ..models.laion import CheckpointError, TokenizerError
     from .params import ParamError
 
     return (AudioError, CheckpointError, TokenizerError, DatasetError, DownloadError, StoreError,
-            ParamError, TextCacheError, OutOfSpaceError, FileNotFoundError)
+            ParamError, ResultsError, TextCacheError, OutOfSpaceError, FileNotFoundError)
 
 
 def _parser(stage: Stage) -> argparse.ArgumentParser:
@@ -93,10 +94,12 @@ def execute(label: str, run, params_path: str | Path = "params.yaml", dataset: s
             trace.finish(label, reads)
     except expected_errors() as exc:
         sys.exit(f"{label}: {exc}")
-    except OSError as exc:
-        if not is_out_of_space(exc):
-            raise
-        sys.exit(f"{label}: {exc.filename or 'output'}: out of disk space ({exc.strerror})")
+    except OSError as exc:  # read-only, permission, name too long, not a directory, full disk: one line
+        name = user_path(exc.filename) if exc.filename else "output"
+        if is_out_of_space(exc):
+            sys.exit(f"{label}: {name}: out of disk space ({exc.strerror})")
+        sys.exit(f"{label}: {name}: {exc.strerror or exc.__class__.__name__}"
+                 + (f" (and {user_path(exc.filename2)})" if getattr(exc, "filename2", None) else ""))
     if isinstance(result, (str, Path)):
         print(f"{label}: wrote {result}")
 

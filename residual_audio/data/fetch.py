@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from ..core.io import atomic_path, remove_stale, sha256_file
 from ..models import hf  # a transformers ClapModel: hub repo or local folder
-from ..models.laion import CheckpointError, read_checkpoint
+from ..models.laion import CheckpointError, check_finite_weights, read_checkpoint
 from .datasets import DatasetError, list_clips
 
 OFFICIAL_SOURCES: dict[str, list[str] | None] = {
@@ -555,7 +555,7 @@ def fetch_model(
             if not _reuse(old, out, "checkpoint", ckpt_request, ["checkpoint.pt"], tmp):
                 fetch_file(checkpoint, tmp / "checkpoint.pt", checkpoint_sha256, "model.checkpoint")
             try:  # refuse a file that would run code (or is no checkpoint) before it is placed
-                read_checkpoint(tmp / "checkpoint.pt", mmap=True)
+                check_finite_weights(read_checkpoint(tmp / "checkpoint.pt", mmap=True), tmp / "checkpoint.pt")
             except CheckpointError as exc:
                 raise CheckpointError(str(exc).replace(str(tmp / "checkpoint.pt"), checkpoint, 1)) from None
             files = _describe(tmp, ["checkpoint.pt"])
@@ -641,8 +641,10 @@ def select_clapmodel_files(available: list[str], where: str) -> list[str]:
 def fetch_clapmodel(source: str, dest: str | os.PathLike, sha256: str | None = None) -> list[str]:
     """Put a transformers ClapModel folder (hub repo or local folder) at `dest`; `sha256` checks the weights file.
 
-    The result is read as a ClapModel config before returning, so a fused or foreign model
-    stops the download stage with one line.
+    A local folder is loaded in full first (its config's sizes, its weights' names, shapes and
+    finiteness), so nothing is copied from a bad one; a hub repo's config is read after the
+    download (its weights are checked when `extract` loads them). Either way a fused, foreign or
+    absurd model stops the stage with one line naming the user's folder or repo.
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -657,9 +659,13 @@ def fetch_clapmodel(source: str, dest: str | os.PathLike, sha256: str | None = N
     else:
         folder = Path(source).expanduser()
         names = select_clapmodel_files(sorted(p.name for p in folder.iterdir() if p.is_file()), folder)
+        hf.load(folder)  # the user's folder checked in full (config sizes, weights' names, shapes, finite) before any copy
         for name in names:
             fetch_file(str(folder / name), dest / name, sha256 if name in hf.WEIGHT_FILES else None, "model.checkpoint")
-    hf.read_config(dest)
+    try:
+        hf.read_config(dest)
+    except CheckpointError as exc:  # name what the user gave, not the temporary copy
+        raise CheckpointError(str(exc).replace(str(dest), str(source))) from None
     return names
 
 

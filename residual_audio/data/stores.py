@@ -76,3 +76,35 @@ def open_store(path: str | os.PathLike, arrays=(), attrs=(), kind: str = "store"
         if key not in group.attrs:
             raise error(f"{path}: missing attribute '{key}'")
     return group
+
+
+def read_npz(path: str | os.PathLike, error: type[ValueError], hint: str, required=()) -> dict:
+    """Every array of the .npz file at `path` (no pickles), or `error` in one line naming the file:
+    not found, not a readable npz (truncated, not a zip, pickled objects), or lacking a `required` key."""
+    import zipfile
+
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: not found ({hint})")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        raise error(f"{path}: not a readable .npz file ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                    f"{hint}") from None
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        raise error(f"{path}: missing array(s) {', '.join(map(repr, missing))}; {hint}")
+    return arrays
+
+
+def check_finite(path, arrays: dict, error: type[ValueError], hint: str, keys=None) -> None:
+    """Refuse NaN or inf in the float arrays `keys` (default: all) of a file read with `read_npz`."""
+    import numpy as np
+
+    for key in arrays if keys is None else keys:
+        value = arrays[key]
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise error(f"{path}: array '{key}' holds NaN or inf; {hint}")

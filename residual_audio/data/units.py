@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .stores import StoreError, open_store
+from .heads import DIRECT, HeadsStore
+from .stores import StoreError
 
 HEAD_RE = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.attn\.head(\d+)$")
 MLP_RE = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.mlp$")
 UNIT_SETS = ("heads", "heads+mlp")
-
-
 
 
 @dataclass
@@ -64,32 +63,22 @@ def parse_unit(name: str) -> dict:
     return dict(kind=name, stage=-1, block=-1, head=-1)
 
 
-def read_units(path: str | Path, check_sum: bool = True, atol: float = 1e-4) -> UnitStore:
-    """Read the arrays and attributes alignment needs; check the exact-sum contract."""
-    path = Path(path)
-    g = open_store(path, arrays=("embedding", "direct/units", "direct/const", "label", "fold"),
-                   attrs=("units", "classes", "weights"), kind="heads store", hint="run the extract stage")
-    attrs = dict(g.attrs)
-    units = np.asarray(g["direct/units"][:], dtype=np.float32)
-    const = np.asarray(g["direct/const"][:], dtype=np.float32)
-    embedding = np.asarray(g["embedding"][:], dtype=np.float32)
-    label = np.asarray(g["label"][:], dtype=np.int64)
-    fold = np.asarray(g["fold"][:], dtype=np.int64)
+def read_units(path: str | Path, check_sum: bool = True, atol: float = 1e-4, finite: bool = True) -> UnitStore:
+    """The direct decomposition of a heads store (read through `heads.HeadsStore`), with its
+    exact-sum contract checked: the units and the constant add up to the embedding, and no value is
+    NaN or inf (`finite=False` lets the leak tests read a store poisoned on purpose)."""
+    store = HeadsStore.open(path, need=DIRECT)
+    path, attrs, label, fold = store.path, store.attrs, store.label, store.fold
+    units, const, embedding = (store.read(k, finite=finite) for k in ("direct/units", "direct/const", "embedding"))
     names = list(attrs["units"])
     n = len(label)
-    if units.ndim != 3 or units.shape[0] != n or units.shape[1] != len(names):
-        raise StoreError(f"{path}: direct/units has shape {units.shape}; expected [{n}, {len(names)}, D]")
-    if embedding.shape != (n, units.shape[2]) or const.shape != embedding.shape or fold.shape != (n,):
-        raise StoreError(f"{path}: embedding/direct/const/fold shapes do not match direct/units")
     if check_sum:
         err = np.abs(units.sum(1, dtype=np.float64) + const - embedding).max() if n else 0.0
         scale = max(1.0, float(np.abs(embedding).max())) if n else 1.0
         if not err <= atol * scale:
             raise StoreError(f"{path}: direct/units.sum(1) + direct/const differs from embedding by {err:.3g}")
-    classes = list(attrs["classes"])
-    if n and (label.min() < 0 or label.max() >= len(classes)):
-        raise StoreError(f"{path}: labels outside 0..{len(classes) - 1} (attribute 'classes')")
-    audio_embed = np.asarray(g["audio_embed"][:], dtype=np.float32) if "audio_embed" in g else None
+    classes = store.classes
+    audio_embed = store.read("audio_embed") if store.has("audio_embed") else None
     return UnitStore(
         path=path,
         units=units,

@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..core.io import atomic_path
 from ..core.params import ParamError
+from ..data.stores import check_finite, read_npz
 from .zeroshot import topk_correct
 
 METRICS_DIR, PLOTS_DIR = Path("metrics"), Path("plots/alignment")  # evaluate's and compare's outputs
@@ -35,8 +36,6 @@ class FoldResult:
     params: int
     history: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
-
-
 
 
 # --------------------------------------------------------------------------- results
@@ -81,17 +80,35 @@ def _jsonable(v):
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
-def load_results(path: str | Path) -> dict:
-    """The arrays of a results file, with `hyper`, `meta` and every `<fold>/history`/`<fold>/chosen` decoded."""
+class ResultsError(ValueError):
+    """A results file is missing, unreadable or inconsistent; the message names the file."""
+
+
+REQUIRED = ("method", "labels", "classes", "folds", "logits", "fold_of", "params", "hyper", "meta")
+
+
+def load_results(path: str | Path, finite: bool = True) -> dict:
+    """The arrays of a results file, with `hyper`, `meta` and every `<fold>/history`/`<fold>/chosen`
+    decoded; checked: the logits are [clips, classes] with no NaN or inf (unless not `finite`: the leak
+    tests poison clips on purpose), one label and one fold per clip, labels naming a class."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: results not found (run the 'train' stage with this method in 'methods')")
-    with np.load(path) as z:
-        out = {k: z[k] for k in z.files}
-    for k in list(out):
-        if k in ("hyper", "meta") or k.endswith(("/history", "/chosen", "/recipe")):
-            out[k] = json.loads(str(out[k]))
-    out["history"] = [dict(fold=str(f), **row) for f in out["folds"] for row in out[f"{f}/history"]]
+    hint = "rerun the 'train' stage with this method in 'methods'"
+    out = read_npz(path, ResultsError, hint, REQUIRED)
+    n, c = len(out["labels"]), len(out["classes"])
+    if out["logits"].shape != (n, c) or out["fold_of"].shape != (n,) or out["labels"].ndim != 1:
+        raise ResultsError(f"{path}: logits {out['logits'].shape}, labels {out['labels'].shape} and fold_of "
+                           f"{out['fold_of'].shape} do not agree with {n} clips of {c} classes; {hint}")
+    if n and (out["labels"].min() < 0 or out["labels"].max() >= c):
+        raise ResultsError(f"{path}: labels outside 0..{c - 1}; {hint}")
+    if finite:  # the clips of some test fold (every clip, in a complete run)
+        check_finite(path, {"logits": out["logits"][out["fold_of"] >= 0]}, ResultsError, hint)
+    try:
+        for k in list(out):
+            if k in ("hyper", "meta") or k.endswith(("/history", "/chosen", "/recipe")):
+                out[k] = json.loads(str(out[k]))
+        out["history"] = [dict(fold=str(f), **row) for f in out["folds"] for row in out[f"{f}/history"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ResultsError(f"{path}: a history or settings entry is unreadable ({exc.__class__.__name__}: {exc}); {hint}") from None
     return out
 
 

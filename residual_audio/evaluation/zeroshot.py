@@ -85,19 +85,28 @@ def save_text_side(path: str | Path, text: TextSide) -> None:
 
 
 def load_text_side(path: str | Path, classes=None) -> TextSide:
+    """The cached text side, checked: readable, no NaN or inf, one class vector per class, and (when
+    `classes` is given) the classes of the store it is used with."""
+    from ..data.stores import check_finite, read_npz
+
     path = Path(path)
-    if not path.is_file():
-        raise TextCacheError(f"{path}: cached text side not found (run the 'text' stage)")
-    with np.load(path) as z:
-        text = TextSide(
-            classes=[str(c) for c in z["classes"]],
-            class_embeddings=z["class_embeddings"].astype(np.float32),
-            logit_scale=float(z["logit_scale"]),
-            projection={k: z[f"projection_{k}"].astype(np.float32) for k in ("w1", "b1", "w2", "b2")},
-            weights=str(z["weights"]),
-            templates=[str(t) for t in z["templates"]],
-            checkpoint_sha256=str(z["checkpoint_sha256"]),
-        )
+    hint = "rerun the 'text' stage"
+    projection = tuple(f"projection_{k}" for k in ("w1", "b1", "w2", "b2"))
+    z = read_npz(path, TextCacheError, hint,
+                 ("classes", "class_embeddings", "logit_scale", "weights", "templates", "checkpoint_sha256") + projection)
+    check_finite(path, z, TextCacheError, hint, ("class_embeddings", "logit_scale") + projection)
+    if z["class_embeddings"].ndim != 2 or len(z["class_embeddings"]) != len(z["classes"]):
+        raise TextCacheError(f"{path}: 'class_embeddings' has shape {z['class_embeddings'].shape} for "
+                             f"{len(z['classes'])} classes; {hint}")
+    text = TextSide(
+        classes=[str(c) for c in z["classes"]],
+        class_embeddings=z["class_embeddings"].astype(np.float32),
+        logit_scale=float(z["logit_scale"]),
+        projection={k: z[f"projection_{k}"].astype(np.float32) for k in ("w1", "b1", "w2", "b2")},
+        weights=str(z["weights"]),
+        templates=[str(t) for t in z["templates"]],
+        checkpoint_sha256=str(z["checkpoint_sha256"]),
+    )
     if classes is not None and list(classes) != text.classes:
         raise TextCacheError(f"{path}: its classes differ from the extraction store's; rerun the 'text' stage")
     return text

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .laion import VARIANTS, CheckpointError, build_model
+from .laion import VARIANTS, CheckpointError, build_model, check_finite_weights
 
 CONFIG = "config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in order of preference
@@ -88,8 +88,58 @@ def read_config(folder: str | os.PathLike):
     return config
 
 
+# The sizes a ClapModel config may give, from the known architectures of the family with room
+# around them: laion/clap-htsat-unfused (HTSAT-tiny, RoBERTa-base) and larger_clap_* (HTSAT-base).
+# Checked before any tensor is built, so an absurd size is one line instead of an out-of-memory kill.
+BOUNDS = {
+    "audio_config.depths": (1, 24),  # blocks per stage (each entry); 4 stages
+    "audio_config.num_attention_heads": (1, 64),  # per stage (each entry)
+    "audio_config.patch_embeds_hidden_size": (16, 512),
+    "audio_config.hidden_size": (16, 4096),
+    "audio_config.window_size": (1, 64),
+    "audio_config.spec_size": (64, 1024),
+    "audio_config.patch_size": (1, 32),
+    "audio_config.num_mel_bins": (16, 256),
+    "audio_config.mlp_ratio": (1, 16),
+    "audio_config.num_classes": (1, 10000),
+    "audio_config.projection_dim": (1, 4096),
+    "text_config.vocab_size": (1000, 300000),
+    "text_config.hidden_size": (64, 4096),
+    "text_config.num_hidden_layers": (1, 48),
+    "text_config.num_attention_heads": (1, 64),
+    "text_config.intermediate_size": (64, 16384),
+    "text_config.max_position_embeddings": (16, 8192),
+    "text_config.type_vocab_size": (1, 16),
+    "text_config.projection_dim": (1, 4096),
+}
+STAGES = 4  # HTS-AT's stages (LAION's patch merging and the hooks assume four)
+
+
+def check_bounds(config, path) -> None:
+    """Every size of `config` within `BOUNDS`, and four audio stages, or one line naming the key."""
+    if len(config.audio_config.depths) != STAGES:
+        raise CheckpointError(f"{path}: audio_config.depths has {len(config.audio_config.depths)} stages; "
+                              f"HTS-AT has {STAGES}")
+    for key, (lo, hi) in BOUNDS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+                raise CheckpointError(f"{path}: {key} is {value!r}; a ClapModel of this family has {lo}..{hi}")
+    a, t = config.audio_config, config.text_config
+    for i, heads in enumerate(a.num_attention_heads):
+        width = a.patch_embeds_hidden_size * 2**i
+        if width % heads:
+            raise CheckpointError(f"{path}: audio_config.num_attention_heads[{i}] = {heads} does not divide "
+                                  f"stage {i}'s width {width}")
+    if t.hidden_size % t.num_attention_heads:
+        raise CheckpointError(f"{path}: text_config.num_attention_heads {t.num_attention_heads} does not divide "
+                              f"text_config.hidden_size {t.hidden_size}")
+
+
 def check_supported(config, path) -> None:
     """Refuse settings LAION's modules cannot express, naming the key."""
+    check_bounds(config, path)
     a, t = config.audio_config, config.text_config
     wants = {
         "audio_config.hidden_act": (a.hidden_act, "gelu"),
@@ -146,6 +196,7 @@ def read_state(folder: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: not a readable weights file ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(state, dict) or not state:
         raise CheckpointError(f"{path}: holds no state dict")
+    check_finite_weights(state, path)
     return state
 
 

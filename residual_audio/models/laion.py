@@ -235,6 +235,13 @@ def variant_of(state: dict, path: str | os.PathLike = "checkpoint") -> str:
     raise CheckpointError(f"{path}: audio_projection.0.weight has input width {width}; expected 768 (tiny) or 1024 (base)")
 
 
+def check_finite_weights(state: dict, path) -> None:
+    """Refuse a state dict with a NaN or inf in any floating tensor (every embedding would be NaN)."""
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{path}: weight {key!r} holds NaN or inf")
+
+
 def load_file(checkpoint: str | os.PathLike, variant: str | None = None, seed: int = 0):
     """Build the model and load the weights of an official LAION-CLAP checkpoint file.
 
@@ -242,6 +249,7 @@ def load_file(checkpoint: str | os.PathLike, variant: str | None = None, seed: i
     (`checkpoints.load_model` takes any checkpoint: a LAION file, a ClapModel folder or 'random'.)
     """
     state = read_checkpoint(checkpoint)
+    check_finite_weights(state, checkpoint)
     found = variant_of(state, checkpoint)
     if variant is not None and variant != found:
         raise CheckpointError(f"{checkpoint}: holds HTSAT-{found} weights but HTSAT-{variant} was asked for")

@@ -15,10 +15,11 @@ from ..data.units import read_units
 from ..evaluation.protocol import Split, make_splits
 from ..evaluation.zeroshot import TextCacheError
 from ..methods.residual.inject import read_head_outputs
+from ..data.mel import MelStoreError, open_mel_store
 from ..models.checkpoints import load_model
+from ..models.device import resolve_device
 from ..models.hooked import HookedHTSAT
 from ..models.laion import checkpoint_from, load_tokenizer, mel_fingerprint
-from .extract import MelStoreError, open_mel_store, resolve_device
 
 
 @dataclass(frozen=True)
@@ -72,12 +73,15 @@ def _encoder_context(ds: str, variant: str, device: str) -> dict:
 
 
 def _mel_store(ds: str, heads):
-    """The dataset's mel store, checked to hold the heads store's clips in the same order."""
+    """The dataset's mel store, checked to hold the heads store's clips in the same order, with the same classes."""
     mel_path = MEL_DIR / f"{ds}.zarr"
     mel_store = open_mel_store(mel_path)
     mel_ids = np.array([str(c) for c in mel_store["clip_id"][:]])
     if not np.array_equal(mel_ids, heads.clip_id):
         raise MelStoreError(f"{mel_path}: its clips differ from {heads.path}'s; rerun the 'extract' stage")
+    if [str(c) for c in mel_store.attrs["classes"]] != list(heads.classes):
+        raise MelStoreError(f"{mel_path}: its attribute 'classes' differs from {heads.path}'s (the labels would not "
+                            "mean the same classes); rerun the 'extract' stage")
     return mel_store
 
 

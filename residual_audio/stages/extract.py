@@ -20,22 +20,19 @@ from tqdm import tqdm
 
 from ..core.io import atomic_path, sha256_file
 from ..core.params import ParamError, get
-from ..data.stores import StoreError, open_store, seal
+from ..data.stores import seal
 from ..models import hf
+from ..data.mel import MelStoreError, open_mel_store
 from ..models.checkpoints import load_model
+from ..models.device import resolve_device
 from ..models.decompose import DirectDecomposition, head_rows, pooled_head_outputs, unit_names
 from ..models.hooked import HookedHTSAT
 from ..models.laion import mel_fingerprint
 
 REGIMES = ("pre", "post", "direct")
-MEL_SHAPE = (1001, 64)
 CHUNK_BYTES = 4 << 20  # a chunk is the unit of compression and of partial reads
 SHARD_BYTES = 16 << 20  # a shard is one file and the unit of buffering: bounds memory (about 16 MiB per array)
 COMPRESSOR = zarr.codecs.ZstdCodec(level=1, checksum=False)
-
-
-class MelStoreError(StoreError):
-    """The mel store is missing, malformed, empty, or made with other mel settings than the model's."""
 
 
 # --------------------------------------------------------------------------- one batch
@@ -182,32 +179,6 @@ class ShardedWriter:
 
 
 # --------------------------------------------------------------------------- the stage
-
-
-def open_mel_store(path: str | os.PathLike):
-    """The mel store's group, checked for the arrays and attributes extraction reads."""
-    path = Path(path)
-    group = open_store(path, arrays=("mel", "clip_id", "label", "fold"), attrs=("classes", "mel_sha256"),
-                       kind="mel store", hint="run the preprocess stage", error=MelStoreError)
-    mel = group["mel"]
-    if mel.ndim != 3 or tuple(mel.shape[1:]) != MEL_SHAPE:
-        raise MelStoreError(f"{path}: 'mel' has shape {tuple(mel.shape)}, expected [N, {MEL_SHAPE[0]}, {MEL_SHAPE[1]}]")
-    n = mel.shape[0]
-    if n == 0:
-        raise MelStoreError(f"{path}: the dataset is empty (0 clips)")
-    for key in ("clip_id", "label", "fold"):
-        if group[key].shape != (n,):
-            raise MelStoreError(f"{path}: '{key}' has shape {tuple(group[key].shape)}, expected ({n},)")
-    return group
-
-
-def resolve_device(device: str, key: str = "extract.device") -> torch.device:
-    """auto (cuda when available) | cpu | cuda, as a torch device; errors name the params `key`."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ParamError(f"params: '{key}' is cuda but no CUDA device is available")
-    return torch.device(device)
 
 
 def ordered_regimes(regimes) -> list[str]:

@@ -50,17 +50,16 @@ from torch import nn
 from tqdm import tqdm
 
 from ...core.params import ParamError
-from ...data.stores import StoreError, open_store
+from ...data.heads import PRE, HeadsStore
+from ...data.stores import StoreError
 from ...data.units import parse_unit
 from ...evaluation.zeroshot import FrozenHead
 from ..base import Estimator, FoldData, register
 from .maths import UnitBases, kept_components
 
-PRE = "heads/pre"
 
 
 # --------------------------------------------------------------------------- heads store
-
 
 @dataclass
 class HeadOutputs:
@@ -87,32 +86,15 @@ def head_name(stage: int, block: int, head: int) -> str:
 
 
 def read_head_outputs(path: str | Path) -> HeadOutputs:
-    """`heads/pre` and the clip table of an extraction store; errors name the file."""
-    path = Path(path)
-    g = open_store(path, attrs=("heads", "classes", "weights"), kind="heads store", hint="run the extract stage")
-    if PRE not in g:
-        raise StoreError(f"{path}: missing array '{PRE}' (residual.mode: inject and ablation.total need 'pre' in extract.regimes)")
-    for name in ("label", "fold", "clip_id"):
-        if name not in g:
-            raise StoreError(f"{path}: missing array '{name}'")
-    attrs = dict(g.attrs)
-    pre = np.asarray(g[PRE][:], dtype=np.float32)
-    label = np.asarray(g["label"][:], dtype=np.int64)
-    rows = [tuple(int(v) for v in r) for r in attrs["heads"]]
-    n = len(label)
-    if pre.ndim != 3 or pre.shape[:2] != (n, len(rows)):
-        raise StoreError(f"{path}: '{PRE}' has shape {pre.shape}; expected [{n}, {len(rows)}, d] (attribute 'heads')")
-    classes = list(attrs["classes"])
-    if n and (label.min() < 0 or label.max() >= len(classes)):
-        raise StoreError(f"{path}: labels outside 0..{len(classes) - 1} (attribute 'classes')")
+    """`heads/pre` and the clip table of a heads store (read through `data.heads.HeadsStore`)."""
+    store = HeadsStore.open(path, need=("clip_id",))
+    if not store.has(PRE):
+        raise StoreError(f"{store.path}: missing array '{PRE}' (inject mode and ablation.total need 'pre' in extract.regimes)")
     return HeadOutputs(
-        path=path, pre=pre, label=label, fold=np.asarray(g["fold"][:], dtype=np.int64),
-        clip_id=np.array([str(c) for c in g["clip_id"][:]]), head_names=[head_name(*r) for r in rows],
-        classes=classes, weights=str(attrs["weights"]), variant=str(attrs.get("variant", "tiny")),
-        mel_sha256=str(attrs.get("mel_sha256", "")),
+        path=store.path, pre=store.read(PRE), label=store.label, fold=store.fold, clip_id=store.clip_id,
+        head_names=[head_name(*(int(v) for v in r)) for r in store.rows], classes=store.classes,
+        weights=store.weights, variant=store.variant, mel_sha256=str(store.attrs.get("mel_sha256", "")),
     )
-
-
 
 
 def restrict(bases: UnitBases, stages) -> UnitBases:
@@ -301,7 +283,8 @@ class InjectResiDual(nn.Module):
         expected = unit_names(hooked.arch, stages, granularity)
         if bases.unit_names != expected:
             missing = sorted(set(expected) - set(bases.unit_names))[:3]
-            raise ParamError(f"bases: the units of stages {stages} are not all there in storage order (e.g. {missing}); rerun 'bases'")
+            raise ParamError(f"params: 'inject_layers': the bases hold the units of stages {stages} only in part, or out of "
+                             f"storage order (e.g. {missing}); fit them on the same inject_layers")
         self.sites = hook_sites(hooked.arch, stages, granularity)
         comps = torch.from_numpy(bases.components)
         n_units, d = bases.means.shape
