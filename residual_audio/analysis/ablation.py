@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import spearmanr
-from tqdm import tqdm
 
+from ..core import logs
 from ..data.units import UnitStore, parse_unit
 from ..evaluation.protocol import Split
 from ..evaluation.zeroshot import FrozenHead, TextSide
@@ -46,7 +46,7 @@ def mean_ablation(store: UnitStore, splits: list[Split], text: TextSide) -> pd.D
     groups = ablation_groups(store.unit_names)
     acc = np.zeros((len(splits), len(groups)))
     base = np.zeros(len(splits))
-    for f, split in enumerate(tqdm(splits, desc="ablation", leave=False)):
+    for f, split in enumerate(logs.progress(splits, desc="ablation", unit="folds", leave=False)):
         y = torch.from_numpy(store.label[split.test])
         emb = torch.from_numpy(store.embedding[split.test])
         pre = head.pre(emb)
@@ -144,7 +144,8 @@ def total_ablation(hooked, mel, label: np.ndarray, pre: np.ndarray, head_names: 
     correct = np.zeros((len(splits), len(chosen)))
     base = np.zeros(len(splits))
     n_test = np.zeros(len(splits))
-    progress = tqdm(total=sum(len(s.test) for s in splits) * len(chosen), desc="total ablation", unit="clip·head", leave=False)
+    progress = logs.progress(total=sum(len(s.test) for s in splits) * len(chosen), desc="total ablation", unit="clip·head",
+                             leave=False)
     for f, split in enumerate(splits):
         means = torch.from_numpy(pre[split.train_all].mean(0, dtype=np.float64).astype(np.float32)).to(device)  # [heads, d]
         for start in range(0, len(split.test), batch_size):

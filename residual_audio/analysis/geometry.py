@@ -19,8 +19,8 @@ import torch
 import zarr
 from scipy import stats
 from scipy.cluster.hierarchy import leaves_list, linkage
-from tqdm.auto import tqdm
 
+from ..core import logs
 from ..data.heads import HeadsStore
 from ..data.stores import StoreError
 from . import figures as geometry_figures
@@ -152,7 +152,7 @@ def analyse_regime(
     twonn_discard: float = 0.1,
     duplicate_rtol: float = 1e-6,
     heads_per_batch: int = 8,
-    progress: tqdm | None = None,
+    progress=None,
 ) -> RegimeGeometry:
     """All per-head measurements of one regime, computed in batches of heads."""
     if mle_k >= store.n_clips:
@@ -395,7 +395,7 @@ def run(
 
     total = sum(len(s.rows) for s in stores) * len(regimes)
     results: dict[tuple[str, str], RegimeGeometry] = {}
-    with tqdm(total=total, desc="geometry (heads)", unit="head") as bar:
+    with logs.progress(total=total, desc="geometry (heads)", unit="heads") as bar:
         for store in stores:
             for regime in regimes:
                 results[store.dataset, regime] = analyse_regime(

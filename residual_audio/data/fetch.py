@@ -27,8 +27,7 @@ import uuid
 import zipfile
 from pathlib import Path
 
-from tqdm import tqdm
-
+from ..core import logs
 from ..core.io import atomic_path, remove_stale, sha256_file
 from ..models import hf  # a transformers ClapModel: hub repo or local folder
 from ..models.laion import CheckpointError, check_finite_weights, read_checkpoint
@@ -124,7 +123,7 @@ def download_url(url: str, dest: Path, sha256: str | None = None, timeout: float
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response, open(tmp, "wb") as out:
                 total = response.headers.get("Content-Length")
-                with tqdm(
+                with logs.progress(
                     total=int(total) if total and total.isdigit() else None,
                     unit="B", unit_scale=True, unit_divisor=1024, desc=source_name(url), leave=False,
                 ) as bar:
@@ -245,7 +244,7 @@ def unpack(archive: Path, dest: Path, label: str, max_bytes: int = MAX_UNPACKED_
                     target = (dest / m.filename).resolve()
                     if target != dest and dest not in target.parents:
                         raise DownloadError(f"{label}: archive member {m.filename!r} points outside the output")
-                for m in tqdm(members, desc=f"unpack {label}", unit="file", leave=False):
+                for m in logs.progress(members, desc=f"unpack {label}", unit="files", leave=False):
                     z.extract(m, dest)
                 names = [m.filename for m in members]
         elif kind == "tar":
@@ -258,7 +257,7 @@ def unpack(archive: Path, dest: Path, label: str, max_bytes: int = MAX_UNPACKED_
                                             f"download.max_members = {max_members}")
                 check_members([(m.name, m.size if m.isfile() else 0, _tar_kind(m)) for m in members], label,
                               max_bytes, max_members)
-                for m in tqdm(members, desc=f"unpack {label}", unit="file", leave=False):
+                for m in logs.progress(members, desc=f"unpack {label}", unit="files", leave=False):
                     t.extract(m, dest, filter="data")
                 names = [m.name for m in members]
             for folder, _, _ in os.walk(dest):  # keep the output removable whatever modes the archive had

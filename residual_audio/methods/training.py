@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from schedulefree import AdamWScheduleFree
-from tqdm import tqdm
 
+from ..core import logs
 from ..core.params import ParamError
 
 MONITORS = ("val_loss", "val_accuracy")
@@ -131,11 +131,14 @@ def train(model, train_inputs: tuple, train_labels, val_inputs: tuple, val_label
     best_score, best_epoch, best_state = score(val_loss, val_acc), 0, copy.deepcopy(model.state_dict())
     bad = 0
     gen = torch.Generator().manual_seed(cfg.seed)
-    for epoch in tqdm(range(1, cfg.max_epochs + 1), desc=desc, leave=False, disable=cfg.max_epochs == 0 or None):
+    epochs = logs.progress(range(1, cfg.max_epochs + 1), desc=desc, unit="epochs", leave=False,
+                           disable=cfg.max_epochs == 0 or None)
+    for epoch in epochs:
         opt.train()
         total = 0.0
         batches = torch.randperm(n, generator=gen).split(cfg.batch_size)
-        for idx in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not cfg.batch_progress or None):
+        for idx in logs.progress(batches, desc=f"epoch {epoch}", unit="batches", leave=False,
+                                 disable=not cfg.batch_progress or None):
             loss = F.cross_entropy(model(*(x[idx] for x in train_inputs)), train_labels[idx])
             _check_loss(loss, epoch, lr, cfg.lr_key)
             opt.zero_grad(set_to_none=True)
@@ -150,6 +153,7 @@ def train(model, train_inputs: tuple, train_labels, val_inputs: tuple, val_label
         else:
             row["val_loss"], row["val_acc"] = float("nan"), float("nan")
         history.append(row)
+        epochs.set_postfix(val_acc=row["val_acc"], val_loss=row["val_loss"])
         if on_epoch is not None:
             on_epoch(row)
         if not has_val:

@@ -16,16 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import zarr
-from tqdm import tqdm
 
+from ..core import logs
 from ..core.io import atomic_path, sha256_file
 from ..core.params import ParamError, get
+from ..data.mel import MelStoreError, open_mel_store
 from ..data.stores import seal
 from ..models import hf
-from ..data.mel import MelStoreError, open_mel_store
 from ..models.checkpoints import load_model
-from ..models.device import resolve_device
 from ..models.decompose import DirectDecomposition, head_rows, pooled_head_outputs, unit_names
+from ..models.device import resolve_device
 from ..models.hooked import HookedHTSAT
 from ..models.laion import mel_fingerprint
 
@@ -227,7 +227,7 @@ def extract(model, mel_path, out_path, *, batch_size: int = 16, device: str = "a
         for key in ("label", "fold"):
             group.create_array(key, data=np.asarray(source[key][:], dtype=np.int64), chunks=(n,), compressors=COMPRESSOR)
         writer = ShardedWriter(group, n, extractor.shapes())
-        with tqdm(total=n, desc=f"extract {mel_path.name}", unit="clip") as bar:
+        with logs.progress(total=n, desc=f"extract {mel_path.name}", unit="clips") as bar:
             for start in range(0, n, batch_size):
                 batch = torch.from_numpy(np.asarray(mel[start:start + batch_size], dtype=np.float32)).to(dev)
                 values = extractor(batch)

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ..core.io import atomic_path, write_json
+from ..core.logs import progress
 from ..core.params import ParamError, check, get
 from ..data.paths import HEADS_DIR, RESULTS_DIR, TEXT_DIR
 from ..data.units import read_units
@@ -141,7 +141,8 @@ def run_grid(store, text, splits: list[Split], p: FewshotParams, params: dict, m
     context = {} if context is None else context
     rows = []
     runs = [(f, s, k) for f in range(len(splits)) for s in range(p.seeds) for k in shots]
-    for f, s, k in tqdm(runs, desc="fewshot", leave=False):
+    bar = progress(total=len(runs) * len(methods), desc="fewshot", unit="fits", boundary=True)
+    for f, s, k in runs:
         split = splits[f]
         perms = class_permutations(store.label, split.train_all, (p.seed, f, s))
         fit, val = draw(perms, k, with_val)
@@ -149,9 +150,12 @@ def run_grid(store, text, splits: list[Split], p: FewshotParams, params: dict, m
             own_val = val if needs_validation(method) else np.array([], dtype=np.int64)
             data = FoldData(store, text, Split(f"{split.name}/seed{s}/{k}shot", fit, own_val, split.test),
                             seed=p.seed + 1000 * s + f, unlabelled=split.train_all, context=context)
+            bar.set_postfix_str(f"{split.name}, seed {s}, {k} shots: {method}")
             est = build(method, params).fit(data)
+            bar.update(1)
             acc = float((est.logits(data, split.test).argmax(1) == store.label[split.test]).mean())
             rows.append(dict(method=method, fold=split.name, seed=s, shots=k, accuracy=acc, params=int(est.n_params_)))
+    bar.close()
     return rows, shots
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import zarr
-from tqdm import tqdm
 from zarr.codecs import ZstdCodec
 
+from ..core import logs
 from ..core.io import atomic_path
 from ..core.params import get
 from ..data import audio, datasets
@@ -100,7 +100,7 @@ def preprocess(
         shard = (min(shard_clips, n), frames, mels)
         mel_arr = group.create_array("mel", shape=(n, frames, mels), dtype="float32", chunks=(1, frames, mels),
                                      shards=shard, compressors=_codecs(), fill_value=0.0)
-        bar = tqdm(total=n, desc=f"preprocess {dataset}", unit="clip", disable=not progress or None)  # None: off when not a terminal
+        bar = logs.progress(total=n, desc=f"preprocess {dataset}", unit="clips", disable=not progress or None)
         for start in range(0, n, shard[0]):
             part = clips[start : start + shard[0]]
             out = np.empty((len(part), frames, mels), dtype=np.float32)

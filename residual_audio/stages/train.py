@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ..core.io import atomic_path
+from ..core.logs import progress
 from ..data.paths import RESULTS_DIR, TEXT_DIR
 from ..evaluation import results as al
 from ..evaluation.live import TrainingLog
@@ -36,11 +36,14 @@ def train_dataset(params: dict, dataset: str) -> Path:
         weights = "random"
     results = {m: [] for m in p.methods}
     live = TrainingLog(dataset, live_enabled(params), weights=weights)
-    for i, split in enumerate(tqdm(splits, desc=f"train {dataset}")):
+    bar = progress(total=len(splits) * len(p.methods), desc=f"train {dataset}", unit="fits", boundary=True)
+    for i, split in enumerate(splits):
         context["pca"] = {}  # per-fold PCA cache shared by the recipes
         data = FoldData(store, text, split, seed=p.seed + i, context=context)
         for m in p.methods:
+            bar.set_postfix_str(f"{split.name} ({i + 1}/{len(splits)}): {m}")
             est = build(m, params).fit(data)
+            bar.update(1)
             for row in getattr(est, "history_", []):  # the kept run's curve, as soon as the fold is fitted
                 if "epoch" in row:
                     live.log(m, split.name, row)
@@ -51,6 +54,7 @@ def train_dataset(params: dict, dataset: str) -> Path:
                 extra["chosen"] = est.chosen()
             results[m].append(al.FoldResult(m, split.name, split.test, np.asarray(logits, np.float32),
                                             int(est.n_params_), list(getattr(est, "history_", [])), extra))
+    bar.close()
     live.close()
     out = RESULTS_DIR / dataset
     with atomic_path(out) as tmp:

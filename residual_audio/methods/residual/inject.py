@@ -47,8 +47,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
+from ...core import logs
 from ...core.params import ParamError
 from ...data.heads import PRE, HeadsStore
 from ...data.stores import StoreError
@@ -56,8 +56,6 @@ from ...data.units import parse_unit
 from ...evaluation.zeroshot import FrozenHead
 from ..base import Estimator, FoldData, register
 from .maths import UnitBases, kept_components
-
-
 
 # --------------------------------------------------------------------------- heads store
 
@@ -203,7 +201,7 @@ def fit_token_bases(hooked, entry: torch.Tensor, clips: np.ndarray, stages, gran
         moments = [TokenMoments(len(names), dim, device)]
         hooks = [(name, moments[0].hook(sl)) for name, sl in sites]
     clips = np.asarray(clips)
-    for i in tqdm(range(0, len(clips), micro_batch), desc="token bases", leave=False):
+    for i in logs.progress(range(0, len(clips), micro_batch), desc="token bases", unit="batches", leave=False):
         x = entry[torch.as_tensor(clips[i:i + micro_batch])].to(device)
         hooked.run_stages(x, stages[0], stages[-1] + 1, hooks=hooks)
     if granularity == "stage":
@@ -357,7 +355,7 @@ def entry_inputs(hooked, mel, stage: int, batch_size: int, device) -> torch.Tens
     if stage == 0:
         return torch.from_numpy(np.ascontiguousarray(mel[:], dtype=np.float32))
     out = None
-    for start in tqdm(range(0, n, batch_size), desc=f"stream into stage {stage}", leave=False):
+    for start in logs.progress(range(0, n, batch_size), desc=f"stream into stage {stage}", unit="batches", leave=False):
         chunk = torch.from_numpy(np.asarray(mel[start:start + batch_size], dtype=np.float32)).to(device)
         stream = hooked.stream_into(stage, chunk).float().cpu()
         if out is None:
@@ -419,7 +417,9 @@ def train_lambda(model: InjectResiDual, entry: torch.Tensor, labels: np.ndarray,
     best_score, best_lam, best_epoch, bad = validate(row), model.lam.detach().clone(), 0, 0
     history = [row]
     gen = torch.Generator().manual_seed(int(seed))
-    for epoch in tqdm(range(1, recipe.max_epochs + 1), desc="residual_inject", leave=False, disable=recipe.max_epochs == 0 or None):
+    epochs = logs.progress(range(1, recipe.max_epochs + 1), desc="residual_inject", unit="epochs", leave=False,
+                           disable=recipe.max_epochs == 0 or None)
+    for epoch in epochs:
         opt.train()
         total = 0.0
         for batch in torch.from_numpy(train_idx)[torch.randperm(n, generator=gen)].split(recipe.batch_size):
@@ -436,6 +436,7 @@ def train_lambda(model: InjectResiDual, entry: torch.Tensor, labels: np.ndarray,
         row = dict(epoch=epoch, train_loss=total / n, lr=recipe.lr)
         score = validate(row)
         history.append(row)
+        epochs.set_postfix({k: v for k, v in row.items() if k.startswith("val_")})
         if not len(val_idx) or score < best_score:
             best_score, best_lam, best_epoch, bad = score, model.lam.detach().clone(), epoch, 0
         else:

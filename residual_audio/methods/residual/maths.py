@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ...core import logs
 from ...core.params import ParamError
 from ...core.schema import RECIPE_DEFAULTS
 
@@ -95,14 +96,12 @@ def kept_components(eigenvalues: np.ndarray, components: np.ndarray, threshold: 
 def fit_bases(units: np.ndarray, unit_index, unit_names, threshold: float) -> UnitBases:
     """Per-unit mean and PCA on training clips only; `units` is [n_train, U_all, D],
     `unit_index` picks the units to fit."""
-    from tqdm import tqdm
-
     unit_index = np.asarray(unit_index, dtype=np.int64)
     n, _, d = units.shape
     if n < 2:
         raise ParamError(f"params: 'cv.scheme': a fold leaves only {n} training clip(s) to fit bases on")
     means, comps, owner, explained = [], [], [], []
-    for j, u in enumerate(tqdm(unit_index, desc="bases", leave=False)):
+    for j, u in enumerate(logs.progress(unit_index, desc="bases", unit="units", leave=False)):
         mu, ev, phi = unit_pca(units[:, u, :])
         phi, ratios = kept_components(ev, phi, threshold)
         comps.append(phi)
