@@ -49,16 +49,16 @@ def table(tree, methods=None) -> pd.DataFrame:
         params = (run["params"].get("params.yaml") or {}).get("data") or {}
         layers = params.get("inject_layers")
         for path, block in run["metrics"].items():
-            if Path(path).name != "alignment.json":  # metrics/<dataset>/alignment.json
+            parts = Path(path).parts  # metrics/<dataset>/accuracy/<method>.json
+            if len(parts) != 4 or parts[0] != "metrics" or parts[2] != "accuracy" or not path.endswith(".json"):
                 continue
-            dataset = Path(path).parent.name
-            data = (block or {}).get("data") or {}
-            for method, numbers in data.items():
-                if not isinstance(numbers, dict) or (methods and method not in methods):
-                    continue
-                rows.append(dict(experiment=run["name"], dataset=dataset, inject_layers=json.dumps(layers), method=method,
-                                 accuracy=numbers["accuracy"], std=numbers["std"], params=numbers.get("params"),
-                                 weights=data.get("weights")))
+            dataset, method = parts[1], Path(path).stem
+            numbers = (block or {}).get("data") or {}
+            if "accuracy" not in numbers or (methods and method not in methods):
+                continue
+            rows.append(dict(experiment=run["name"], dataset=dataset, inject_layers=json.dumps(layers), method=method,
+                             accuracy=numbers["accuracy"], std=numbers["std"], params=numbers.get("params"),
+                             weights=numbers.get("weights")))
     return pd.DataFrame(rows).drop_duplicates(["experiment", "dataset", "method"])
 
 

@@ -98,9 +98,14 @@ def test_dvc_experiments_and_metrics_diff(tmp_path):
     stage0 = json.loads((root / "plots/alignment/folder/methods/residual_fine.json").read_text())
     assert stage0["params"] < metrics["residual_fine"]["params"]
     diff = json.loads(_run(root, *dvc, "metrics", "diff", "--json"))
-    changed = {k for f, d in diff.items() if "alignment" in f for k in d}
-    assert "residual_fine.params" in changed
-    assert stage0["accuracy"] != metrics["residual_fine"]["accuracy"] or "residual_fine.accuracy" in changed
+    changed = {(Path(f).stem, k) for f, d in diff.items() if "/accuracy/" in f for k in d}
+    assert ("residual_fine", "params") in changed
+    assert stage0["accuracy"] != metrics["residual_fine"]["accuracy"] or ("residual_fine", "accuracy") in changed
+    # the headline table: one row per method, within 120 columns
+    shown = subprocess.run([*dvc, "metrics", "show"], cwd=root, capture_output=True, text=True,
+                           env=dict(os.environ, COLUMNS="120"), check=True).stdout.splitlines()
+    assert max(map(len, shown)) <= 120, shown
+    assert all(any(f"metrics/folder/accuracy/{m}.json" in line and "random" in line for line in shown) for m in METHODS)
 
     # identity at 0 epochs is zero-shot
     _run(root, *dvc, "exp", "run", "-S", "inject_layers=[0,1,2,3]", "-S", "residual.recipes.identity.max_epochs=0")

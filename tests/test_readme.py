@@ -113,9 +113,11 @@ def test_sweep_table_reads_the_per_dataset_metrics_of_dvc_exp_show():
     def run(name, layers, acc):
         return {"name": name, "rev": name, "data": {
             "rev": name, "params": {"params.yaml": {"data": {"inject_layers": layers}}},
-            "metrics": {"metrics/esc50/alignment.json": {"data": {"weights": "random", "residual_fine": {
-                "accuracy": acc, "std": 0.01, "params": 10}, "zeroshot": {"accuracy": 0.5, "std": 0.0, "params": 0}}},
-                "metrics/geometry.json": {"data": {"weights": "random"}}}}}
+            "metrics": {
+                "metrics/esc50/accuracy/residual_fine.json": {"data": {"accuracy": acc, "std": 0.01, "params": 10,
+                                                                       "weights": "random"}},
+                "metrics/esc50/accuracy/zeroshot.json": {"data": {"accuracy": 0.5, "std": 0.0, "params": 0,
+                                                                  "weights": "random"}}}}}
 
     tree = [{"rev": "workspace", "experiments": [run("a", [0], 0.6), run("b", [0, 1, 2, 3], 0.7)]}]
     frame = sweep_table.table(tree, ["residual_fine"])

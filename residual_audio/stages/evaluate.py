@@ -112,8 +112,10 @@ def plot_lambda(table: pd.DataFrame, path: Path, title: str) -> None:
 def run(params: dict, dataset: str, results_dir: Path = Path("data/results")) -> str:
     """Metrics and plots of one dataset from its stored test logits.
 
-    Writes metrics/<dataset>/alignment.json (the headline numbers DVC compares: accuracy mean
-    and std, trainable parameters, per method), plots/alignment/<dataset>/methods/<method>.json
+    Writes metrics/<dataset>/accuracy/<method>.json (the headline numbers `dvc metrics show` and
+    `dvc metrics diff` compare: accuracy mean and std over folds, trainable parameters, weights; one
+    row per method), metrics/<dataset>/alignment.json (the same for every method in one file),
+    plots/alignment/<dataset>/methods/<method>.json
     (per fold details) and plots/alignment/<dataset>/ (folds, learning curves, per-class recall,
     λ tables and figures under lambda/).
     """
@@ -147,6 +149,10 @@ def run(params: dict, dataset: str, results_dir: Path = Path("data/results")) ->
                                weights=block["weights"]))
     weight = "random" if "random" in weights else "pretrained"
     write_json(out_metrics / "alignment.json", {"weights": weight, **headline})
+    with atomic_path(out_metrics / "accuracy") as tmp:  # what `dvc metrics show` lists: one row per method
+        tmp.mkdir(parents=True)
+        for method, numbers in headline.items():
+            write_json(tmp / f"{method}.json", {**numbers, "weights": details[method]["weights"]})
     with atomic_path(out_plots / "methods") as tmp:
         tmp.mkdir(parents=True)
         for method, block in details.items():
