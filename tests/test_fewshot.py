@@ -93,7 +93,10 @@ def test_fewshot_stage_end_to_end(project):
     fold_of[splits[1].test] = 1
     logits = zeroshot_logits(store.embedding, text)
     (project / "data/results/syn").mkdir(parents=True)
-    np.savez(project / "data/results/syn/tip_adapter.npz", logits=logits, fold_of=fold_of, labels=store.label)
+    np.savez(project / "data/results/syn/tip_adapter.npz", logits=logits, fold_of=fold_of, labels=store.label,
+             method=np.array("tip_adapter"), classes=np.array(store.classes), folds=np.array(["fold1", "fold2"]),
+             params=np.array([0, 0]), hyper=np.array("{}"), meta=np.array("{}"),
+             **{"fold1/history": np.array("[]"), "fold2/history": np.array("[]")})
 
     with pytest.warns(UserWarning, match=r"fewshot.shots \[4\] skipped") as record:
         metrics = fewshot_dataset(params(), "syn")

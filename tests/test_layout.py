@@ -119,3 +119,20 @@ def test_the_method_registry_is_filled_by_the_packages_static_imports():
     for cls in REGISTRY.values():
         leaf = cls.__module__.rsplit(".", 1)[1]
         assert leaf in init, f"{cls.__module__} is not imported by residual_audio/methods/__init__.py"
+
+
+def test_stages_score_through_the_task_seam():
+    """train, fewshot, ablation and evaluate draw folds, read the text side and score through the
+    dataset's task (`evaluation.tasks.task_of`), so a second task plugs in without touching them."""
+    import inspect
+
+    from residual_audio.data.datasets import DATASETS
+    from residual_audio.evaluation.tasks import TASKS
+    from residual_audio.stages import ablation, evaluate, fewshot, train
+
+    for module in (train, fewshot, ablation, evaluate):
+        source = inspect.getsource(module)
+        assert "task_of(" in source, module.__name__
+        for direct in ("make_splits(", "load_text_side(", "argmax(1) =="):
+            assert direct not in source, (module.__name__, direct)
+    assert all(d.task in TASKS for d in DATASETS.values())

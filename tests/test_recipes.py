@@ -249,7 +249,6 @@ def test_bases_leak_test_through_the_stage(project, monkeypatch, tmp_path):
     """Test-fold clips set to NaN: every artefact of that fold is unchanged and finite; only its logits are NaN."""
     from residual_audio.data.synthetic import synthetic_world, write_store
     from residual_audio.stages import common
-    from residual_audio.stages import train as ex
 
     arrays, attrs, text, _ = synthetic_world(n_per_class=6, n_classes=5, n_folds=3, seed=2)
     poisoned = copy.deepcopy(arrays)
@@ -258,8 +257,11 @@ def test_bases_leak_test_through_the_stage(project, monkeypatch, tmp_path):
         poisoned[key][test] = np.nan
     write_store(tmp_path / "data/heads/synthetic.zarr", poisoned, attrs)
     save_text_side(tmp_path / "data/text/synthetic.npz", text)
-    only_fold1 = ex.splits_for
-    monkeypatch.setattr(ex, "splits_for", lambda store, p: [s for s in only_fold1(store, p) if s.name == "fold1"])
+    from residual_audio.evaluation.tasks import Classification
+
+    every = Classification.splits
+    monkeypatch.setattr(Classification, "splits", lambda self, store, p, **kw: [
+        s for s in every(self, store, p, **kw) if s.name == "fold1"])
     monkeypatch.setattr(common, "read_units", lambda path: read_units(path, check_sum=False, finite=False))
     methods = ["residual_fine", "residual_identity", "spectral_out", "linear_probe"]
     res = _run(tmp_path, monkeypatch, _params(methods=methods), "results_poisoned")

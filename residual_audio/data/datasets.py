@@ -40,6 +40,7 @@ class Dataset:
     name: str
     reader: Callable[..., tuple[list[Clip], list[str]]]
     description: str
+    task: str = "classification"  # its entry in evaluation.tasks.TASKS: folds, text side and scoring
 
 
 # --------------------------------------------------------------------------- helpers

@@ -14,9 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.io import atomic_path
-from ..core.params import ParamError
 from ..data.stores import check_finite, read_npz
-from .zeroshot import topk_correct
 
 METRICS_DIR, PLOTS_DIR = Path("metrics"), Path("plots/alignment")  # evaluate's and compare's outputs
 
@@ -110,18 +108,6 @@ def load_results(path: str | Path, finite: bool = True) -> dict:
     except (ValueError, KeyError, TypeError) as exc:
         raise ResultsError(f"{path}: a history or settings entry is unreadable ({exc.__class__.__name__}: {exc}); {hint}") from None
     return out
-
-
-def fold_scores(logits: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, n_folds: int) -> dict:
-    """Top-1 and top-5 accuracy per fold, in fold order."""
-    if (fold_of < 0).any():
-        raise ParamError("results: some clips were never in a test fold")
-    top1 = topk_correct(logits, labels, 1)
-    top5 = topk_correct(logits, labels, 5)
-    return {
-        "accuracy": [float(top1[fold_of == f].mean()) for f in range(n_folds)],
-        "top5": [float(top5[fold_of == f].mean()) for f in range(n_folds)],
-    }
 
 
 def metric_block(per_fold: dict, params, weights: str, folds) -> dict:

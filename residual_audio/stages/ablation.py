@@ -8,12 +8,12 @@ from pathlib import Path
 from ..analysis.ablation import direct_total_correlation, fisher_correlation, mean_ablation, total_ablation
 from ..core.io import atomic_path, write_json
 from ..core.params import get
-from ..data.paths import HEADS_DIR, TEXT_DIR
+from ..data.paths import HEADS_DIR
 from ..data.units import parse_unit
 from ..evaluation.protocol import Split
-from ..evaluation.zeroshot import load_text_side
+from ..evaluation.tasks import task_of
 from ..methods.residual.inject import read_head_outputs
-from .common import FoldParams, _encoder, _mel_store, _store, _weights, splits_for
+from .common import FoldParams, _encoder, _mel_store, _store, _weights
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,9 @@ def run(params: dict, dataset: str, geometry: str | Path = "plots/geometry/heads
     geo = pd.read_csv(geometry) if Path(geometry).is_file() else None
     for ds in [dataset]:
         store = _store(ds)
-        text = load_text_side(TEXT_DIR / f"{ds}.npz", store.classes)
-        splits = splits_for(store, p, warn=False)  # `train` reports the folds
+        task = task_of(ds)
+        text = task.text_side(ds, store)
+        splits = task.splits(store, p, warn=False)  # `train` reports the folds
         table = mean_ablation(store, splits, text)
         weights = _weights(store, text)
         heads, blocks = table[table.kind == "head"], table[table.kind == "block"]

@@ -10,12 +10,11 @@ import numpy as np
 
 from ..core.io import sha256_file
 from ..core.params import ParamError, get
+from ..data.mel import MelStoreError, open_mel_store
 from ..data.paths import HEADS_DIR, MEL_DIR, MODELS_DIR
 from ..data.units import read_units
-from ..evaluation.protocol import Split, make_splits
 from ..evaluation.zeroshot import TextCacheError
 from ..methods.residual.inject import read_head_outputs
-from ..data.mel import MelStoreError, open_mel_store
 from ..models.checkpoints import load_model
 from ..models.device import resolve_device
 from ..models.hooked import HookedHTSAT
@@ -53,10 +52,6 @@ class AlignmentParams:
         f = FoldParams.read(params)
         return cls([dataset], f.seed, list(get(params, "inject_layers")), f.scheme, f.k, f.val_fraction,
                    tuple(get(params, "methods")), get(params, "train.device"), get(params, "model.variant"))
-
-
-def splits_for(store, p: FoldParams | AlignmentParams, warn: bool = True) -> list[Split]:
-    return make_splits(store.label, store.fold, p.scheme, p.k, p.seed, p.val_fraction, warn=warn)
 
 
 def _store(dataset: str):

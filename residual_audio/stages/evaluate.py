@@ -13,6 +13,7 @@ from ..core.params import get
 from ..data.units import parse_unit
 from ..evaluation import results as al
 from ..evaluation.results import METRICS_DIR, PLOTS_DIR, _csv, comparison_markdown, method_order
+from ..evaluation.tasks import task_of
 
 
 def collect(datasets, results_dir: Path, methods) -> dict:
@@ -121,6 +122,7 @@ def run(params: dict, dataset: str, results_dir: Path = Path("data/results")) ->
     """
     from ..core.logs import progress
     names = get(params, "methods")
+    task = task_of(dataset)
     methods = collect([dataset], results_dir, names)[dataset]
     out_plots, out_metrics = PLOTS_DIR / dataset, METRICS_DIR / dataset
     headline, details, fold_rows, learning, recall_rows, comparison = {}, {}, [], [], [], []
@@ -128,7 +130,7 @@ def run(params: dict, dataset: str, results_dir: Path = Path("data/results")) ->
     for method in progress(method_order(methods), desc=f"evaluate {dataset}"):
         res = methods[method]
         folds = [str(f) for f in res["folds"]]
-        scores = al.fold_scores(res["logits"], res["labels"], res["fold_of"], len(folds))
+        scores = task.fold_scores(res["logits"], res["labels"], res["fold_of"], len(folds))
         block = al.metric_block(scores, res["params"], str(res["weights"]), folds)
         weights.add(block["weights"])
         details[method] = dict(block, dataset=dataset)

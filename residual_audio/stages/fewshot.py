@@ -22,10 +22,12 @@ import numpy as np
 from ..core.io import atomic_path, write_json
 from ..core.logs import progress
 from ..core.params import ParamError, check, get
-from ..data.paths import HEADS_DIR, RESULTS_DIR, TEXT_DIR
+from ..data.paths import HEADS_DIR, RESULTS_DIR
 from ..data.units import read_units
-from ..evaluation.protocol import Split, make_splits
-from ..evaluation.zeroshot import load_text_side, zeroshot_logits
+from ..evaluation.protocol import Split
+from ..evaluation.results import load_results
+from ..evaluation.tasks import Classification, task_of
+from ..evaluation.zeroshot import zeroshot_logits
 from ..methods import REGISTRY, FoldData, build, check_names
 from .common import ENCODER, VALIDATION, method_context
 
@@ -106,22 +108,15 @@ def draw(perms: list[np.ndarray], k: int, with_val: bool) -> tuple[np.ndarray, n
 # --------------------------------------------------------------------------- full-data results
 
 
-def full_data_accuracy(path: Path, method: str) -> tuple[float, float] | None:
+def full_data_accuracy(path: Path, method: str, task=Classification()) -> tuple[float, float] | None:
     """(mean, std) over folds of a method's full-data test accuracy, from its results file
-    (test logits per clip, the fold each clip was tested in, labels); None if it is absent
-    or holds no such arrays."""
+    (read by `evaluation.results.load_results`, checked); None if it is absent."""
     if not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as z:
-        files = set(z.files)
-        for prefix in ("", f"{method}/"):
-            if {f"{prefix}logits", f"{prefix}fold_of", "labels"} <= files:
-                logits, fold_of, labels = z[f"{prefix}logits"], z[f"{prefix}fold_of"], z["labels"]
-                break
-        else:
-            return None
+    res = load_results(path)
+    logits, fold_of, labels = res["logits"], res["fold_of"], res["labels"]
     tested = fold_of >= 0
-    correct = logits[tested].argmax(1) == labels[tested]
+    correct = task.correct(logits[tested], labels[tested])
     acc = np.array([correct[fold_of[tested] == f].mean() for f in np.unique(fold_of[tested])])
     return float(acc.mean()), float(acc.std(ddof=1)) if len(acc) > 1 else 0.0
 
@@ -134,7 +129,8 @@ def _stats(values) -> dict:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
 
 
-def run_grid(store, text, splits: list[Split], p: FewshotParams, params: dict, methods, context: dict | None = None):
+def run_grid(store, text, splits: list[Split], p: FewshotParams, params: dict, methods, context: dict | None = None,
+             task=Classification()):
     """Every method × fold × seed × shot count: a row per run (accuracy on the full test fold)."""
     with_val = any(needs_validation(m) for m in methods)
     shots = feasible_shots(store.label, splits, p.shots, with_val)
@@ -153,7 +149,7 @@ def run_grid(store, text, splits: list[Split], p: FewshotParams, params: dict, m
             bar.set_postfix_str(f"{split.name}, seed {s}, {k} shots: {method}")
             est = build(method, params).fit(data)
             bar.update(1)
-            acc = float((est.logits(data, split.test).argmax(1) == store.label[split.test]).mean())
+            acc = task.accuracy(est.logits(data, split.test), store.label[split.test])
             rows.append(dict(method=method, fold=split.name, seed=s, shots=k, accuracy=acc, params=int(est.n_params_)))
     bar.close()
     return rows, shots
@@ -174,18 +170,19 @@ def fewshot_dataset(params: dict, dataset: str, metrics_path: Path | None = None
                       stacklevel=2)
     check(bool(methods), "fewshot.methods", "leaves no method to run")
     store = read_units(HEADS_DIR / f"{dataset}.zarr")
-    text = load_text_side(TEXT_DIR / f"{dataset}.npz", store.classes)
+    task = task_of(dataset)
+    text = task.text_side(dataset, store)
     weights = "random" if "random" in (store.weights, text.weights) else store.weights
-    splits = make_splits(store.label, store.fold, p.scheme, p.k, p.seed, 0.0, warn=False)  # `train` reports the folds
+    splits = task.splits(store, p, val_fraction=0.0, warn=False)  # `train` reports the folds
     with_val = any(needs_validation(m) for m in methods)
     feasible_shots(store.label, splits, p.shots, with_val)  # fail on impossible shots before any model is built
     context = method_context([REGISTRY[m] for m in methods], params, text, dataset, store, "fewshot.methods")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the skipped shots were reported above
-        rows, shots = run_grid(store, text, splits, p, params, methods, context)
+        rows, shots = run_grid(store, text, splits, p, params, methods, context, task)
     runs = pd.DataFrame(rows)
 
-    zs = [float((zeroshot_logits(store.embedding[s.test], text).argmax(1) == store.label[s.test]).mean()) for s in splits]
+    zs = [task.accuracy(zeroshot_logits(store.embedding[s.test], text), store.label[s.test]) for s in splits]
     full_x = float(np.mean([len(s.train_all) / len(np.unique(store.label)) for s in splits]))
     curves, notes = [], []
     metrics = {"weights": weights, "accuracy": {}}
@@ -199,7 +196,7 @@ def fewshot_dataset(params: dict, dataset: str, metrics_path: Path | None = None
             curves.append(dict(dataset=dataset, method=method, point=str(k), shots=float(k), accuracy_mean=st["mean"],
                                accuracy_std=st["std"], runs=len(acc), params=int(per[per.shots == k].params.max()),
                                weights=weights))
-        full = full_data_accuracy(RESULTS_DIR / dataset / f"{method}.npz", method)
+        full = full_data_accuracy(RESULTS_DIR / dataset / f"{method}.npz", method, task)
         if full is None:
             notes.append(f"{method}: no full-data results at {RESULTS_DIR / dataset / f'{method}.npz'}; point skipped")
             continue

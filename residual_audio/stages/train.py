@@ -8,13 +8,13 @@ import numpy as np
 
 from ..core.io import atomic_path
 from ..core.logs import progress
-from ..data.paths import RESULTS_DIR, TEXT_DIR
+from ..data.paths import RESULTS_DIR
 from ..evaluation import results as al
 from ..evaluation.live import TrainingLog
 from ..evaluation.live import enabled as live_enabled
-from ..evaluation.zeroshot import load_text_side
+from ..evaluation.tasks import task_of
 from ..methods import FoldData, build
-from .common import AlignmentParams, _store, _weights, method_context, splits_for
+from .common import AlignmentParams, _store, _weights, method_context
 
 
 def run(params: dict, dataset: str) -> Path:
@@ -28,8 +28,9 @@ def train_dataset(params: dict, dataset: str) -> Path:
     p = AlignmentParams.read(params, dataset)
     estimators = {m: build(m, params) for m in p.methods}  # unknown names and bad hyper-parameters fail here
     store = _store(dataset)
-    text = load_text_side(TEXT_DIR / f"{dataset}.npz", store.classes)
-    splits = splits_for(store, p)
+    task = task_of(dataset)
+    text = task.text_side(dataset, store)
+    splits = task.splits(store, p)
     context = method_context(estimators.values(), params, text, dataset, store)  # before any method runs
     weights = _weights(store, text)
     if context.get("weights") == "random":
