@@ -150,3 +150,17 @@ def test_stages_ask_the_model_family_seam_never_a_family():
                    train):
         source = inspect.getsource(module)
         assert "from ..models import hf" not in source and "is_folder(" not in source, module.__name__
+
+
+def test_only_the_seam_imports_a_family_module():
+    """Outside `models/`, nothing imports models.laion or models.hf: the family seam is the one door
+    (the data layer's fetching and the CLI are the exceptions that place and describe checkpoints)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "residual_audio"
+    for path in root.rglob("*.py"):
+        part = path.relative_to(root).parts[0]
+        if part in ("models", "data", "cli.py", "__main__.py"):
+            continue
+        text = path.read_text()
+        assert not re.search(r"from \.+models(\.laion| import (hf|laion))", text), path

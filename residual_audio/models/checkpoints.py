@@ -2,8 +2,8 @@
 
 `model.checkpoint` (through `data/models`) is `random` (LAION-CLAP with seeded random weights), an
 official LAION-CLAP `.pt` file (`laion`) or a transformers `ClapModel` folder (`hf`, mapped onto
-LAION's modules). The stages ask this module for the model and its front end; they never test
-which family they hold.
+LAION's modules). The stages ask this module for the model, its front end, what the model stage
+placed, the tokenizer and the text side; they never test which family they hold.
 """
 
 from __future__ import annotations
@@ -14,6 +14,11 @@ from pathlib import Path
 from ..core.params import ParamError
 from . import hf, laion
 from .laion import MelFrontEnd, build_model, model_config
+# What every family shares, since each maps its weights onto LAION-CLAP's modules: the stages, the
+# methods and the evaluation import these from here, never from a family's module.
+from .laion import (  # noqa: F401
+    CheckpointError, TokenizerError, checkpoint_from, class_embeddings, load_tokenizer, logit_scale, mel_fingerprint,
+    tokenize)
 
 
 def load_model(checkpoint: str | os.PathLike, variant: str | None = None, seed: int = 0):

@@ -22,11 +22,10 @@ from ..core.io import atomic_path, sha256_file
 from ..core.params import get
 from ..data.mel import MelStoreError, open_mel_store
 from ..data.stores import seal
-from ..models.checkpoints import identity_file, load_model, resolve_checkpoint
+from ..models.checkpoints import identity_file, load_model, mel_fingerprint, resolve_checkpoint
 from ..models.decompose import DirectDecomposition, head_rows, pooled_head_outputs, unit_names
 from ..models.device import resolve_device
 from ..models.hooked import HookedHTSAT
-from ..models.laion import mel_fingerprint
 
 REGIMES = ("pre", "post", "direct")
 CHUNK_BYTES = 4 << 20  # a chunk is the unit of compression and of partial reads

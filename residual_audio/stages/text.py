@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from ..core.io import sha256_file
 from ..core.params import ParamError, get
-from ..data.paths import HEADS_DIR, MODELS_DIR, TEXT_DIR
 from ..data.heads import HeadsStore
+from ..data.paths import HEADS_DIR, MODELS_DIR, TEXT_DIR
 from ..evaluation.zeroshot import build_text_side, save_text_side
-from ..models.checkpoints import identity_file, load_model, own_tokenizer, resolve_checkpoint
-from ..models.laion import load_tokenizer
+from ..models.checkpoints import identity_file, load_model, load_tokenizer, own_tokenizer, resolve_checkpoint
 
 
 def run(params: dict, dataset: str) -> None:
