@@ -106,6 +106,14 @@ def test_dvc_experiments_and_metrics_diff(tmp_path):
                            env=dict(os.environ, COLUMNS="120"), check=True).stdout.splitlines()
     assert max(map(len, shown)) <= 120, shown
     assert all(any(f"metrics/folder/accuracy/{m}.json" in line and "random" in line for line in shown) for m in METHODS)
+    # the README's filtered `exp show` of a one-parameter sweep: named rows, within 120 columns
+    exp = subprocess.run([*dvc, "exp", "show", "--no-pager", "--drop", ".*", "--keep",
+                          "Experiment|inject_layers|.*/residual_fine.json:accuracy"], cwd=root, capture_output=True,
+                         text=True, env=dict(os.environ, COLUMNS="120"), check=True).stdout.splitlines()
+    assert max(map(len, exp)) <= 120, exp
+    header = next(line for line in exp if "Experiment" in line)
+    assert "inject_layers" in header and "residual_fine.json:accuracy" in header and "…" not in header, exp
+    assert any("workspace" in line for line in exp) and len([line for line in exp if "[" in line and "]" in line]) >= 1
 
     # identity at 0 epochs is zero-shot
     _run(root, *dvc, "exp", "run", "-S", "inject_layers=[0,1,2,3]", "-S", "residual.recipes.identity.max_epochs=0")

@@ -249,7 +249,7 @@ def test_config_that_disagrees_with_the_weights_is_refused(hf_folder, tmp_path):
 
 def test_download_places_a_local_folder_and_a_hub_repo(hf_folder, tmp_path, monkeypatch):
     """A local folder and `hf:<owner>/<name>` (from a hub mirror at HF_ENDPOINT) give the same files."""
-    from residual_audio.stages.extract import resolve_checkpoint
+    from residual_audio.models.checkpoints import resolve_checkpoint
 
     local = download.fetch_model(str(hf_folder), None, tmp_path / "local")
     assert sorted(local["checkpoint"]["files"]) == ["checkpoint/config.json", "checkpoint/model.safetensors"]

@@ -10,6 +10,7 @@ import http.server
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -666,8 +667,9 @@ def test_evaluate_out_of_space_keeps_the_previous_outputs(tmp_path):
                "resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192)); sys.argv = ['stages/evaluate.py', 'folder']; "
                "runpy.run_path('stages/evaluate.py', run_name='__main__')")
     out = subprocess.run([sys.executable, "-c", limited], cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    lines = out.stderr.strip().splitlines()
+    lines = [line for line in out.stderr.strip().splitlines() if not re.match(r"\d{4}-\d\d-\d\d ", line)]  # progress
     assert out.returncode == 1 and len(lines) == 1 and "out of disk space" in lines[0], out.stderr[-2000:]
+    assert lines[0].startswith("evaluate@folder: plots/alignment/folder/") and ".tmp-" not in lines[0], lines
     assert snapshot(root) == before  # metrics not rewritten, no figure lost
     assert not [p for p in root.rglob(".*.tmp-*")] and not [p for p in root.rglob(".*.old-*")]
 

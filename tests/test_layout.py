@@ -136,3 +136,31 @@ def test_stages_score_through_the_task_seam():
         for direct in ("make_splits(", "load_text_side(", "argmax(1) =="):
             assert direct not in source, (module.__name__, direct)
     assert all(d.task in TASKS for d in DATASETS.values())
+
+
+def test_stages_ask_the_model_family_seam_never_a_family():
+    """The stages reach a model only through models.checkpoints: no stage imports models.hf or tests
+    for a ClapModel folder itself."""
+    import inspect
+
+    from residual_audio.stages import (ablation, common, compare, download, evaluate, extract, fewshot, geometry,
+                                       model, preprocess, text, train)
+
+    for module in (ablation, common, compare, download, evaluate, extract, fewshot, geometry, model, preprocess, text,
+                   train):
+        source = inspect.getsource(module)
+        assert "from ..models import hf" not in source and "is_folder(" not in source, module.__name__
+
+
+def test_only_the_seam_imports_a_family_module():
+    """Outside `models/`, nothing imports models.laion or models.hf: the family seam is the one door
+    (the data layer's fetching and the CLI are the exceptions that place and describe checkpoints)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "residual_audio"
+    for path in root.rglob("*.py"):
+        part = path.relative_to(root).parts[0]
+        if part in ("models", "data", "cli.py", "__main__.py"):
+            continue
+        text = path.read_text()
+        assert not re.search(r"from \.+models(\.laion| import (hf|laion))", text), path

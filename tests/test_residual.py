@@ -154,3 +154,18 @@ def test_store_reader_checks_the_exact_sum(tmp_path):
         read_units(tmp_path / "s.zarr")
     with pytest.raises(StoreError, match="not found"):
         read_units(tmp_path / "missing.zarr")
+
+
+def test_a_dataset_without_folds_is_not_said_to_have_one():
+    import warnings
+
+    from residual_audio.evaluation.protocol import outer_folds
+
+    labels = np.repeat(np.arange(3), 4)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        outer_folds(labels, np.zeros(12, np.int64), "official", 2, 0)
+        outer_folds(labels, np.full(12, 4), "official", 2, 0)
+    messages = [str(w.message) for w in seen]
+    assert "hold no official folds; using 2 stratified folds" in messages[0]
+    assert "hold 1 official fold;" in messages[1]

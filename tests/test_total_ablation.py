@@ -139,3 +139,15 @@ def test_bad_ablation_params_name_the_key(tmp_path, monkeypatch, key, value):
         params["cv"]["val_fraction"] = 0.1  # the other tests' 0.0 is for direct calls; params.yaml needs > 0
         checked(ablation_stage, params, "folder")
     assert not any(tmp_path.iterdir())
+
+
+def test_an_undefined_ablation_number_says_why():
+    import pandas as pd
+
+    from residual_audio.stages.ablation import _undefined
+
+    zero = pd.Series([0.0, 0.0, 0.0])
+    notes = _undefined(zero, None, {}, "plots/geometry/heads.csv")
+    assert any("drop is 0" in n for n in notes) and any("plots/geometry/heads.csv is not there" in n for n in notes)
+    assert _undefined(pd.Series([0.1, 0.0, 0.2]), pd.DataFrame(), {"pre": {"spearman": 0.3}}, "x") == []
+    assert any("constant over the heads" in n for n in _undefined(pd.Series([0.1, 0.0]), pd.DataFrame(), {}, "x"))

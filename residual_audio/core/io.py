@@ -117,7 +117,7 @@ def atomic_path(final: str | os.PathLike):
             yield tmp
         except OSError as exc:
             if is_out_of_space(exc):
-                raise OutOfSpaceError(f"{final}: out of disk space while writing {exc.filename or tmp}") from None
+                raise OutOfSpaceError(f"{user_path(final)}: out of disk space") from None
             raise
         if not tmp.exists():
             raise RuntimeError(f"{final}: nothing was written")

@@ -28,7 +28,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from ..data.stores import StoreError
     from ..evaluation.results import ResultsError
     from ..evaluation.zeroshot import TextCacheError
-    from ..models.laion import CheckpointError, TokenizerError
+    from ..models.checkpoints import CheckpointError, TokenizerError
     from .params import ParamError
 
     return (AudioError, CheckpointError, TokenizerError, DatasetError, DownloadError, StoreError,

@@ -40,6 +40,7 @@ class Dataset:
     name: str
     reader: Callable[..., tuple[list[Clip], list[str]]]
     description: str
+    sources: tuple = ()  # its official sources, fetched when `data.<name>.source` is null
     task: str = "classification"  # its entry in evaluation.tasks.TASKS: folds, text side and scoring
 
 
@@ -292,9 +293,13 @@ def read_folder(root: Path, csv: str | os.PathLike | None = None) -> tuple[list[
 # --------------------------------------------------------------------------- registry
 
 DATASETS: dict[str, Dataset] = {
-    "esc50": Dataset("esc50", read_esc50, "ESC-50: 2000 environmental sounds, 50 classes, 5 folds"),
-    "tinysol": Dataset("tinysol", read_tinysol, "TinySOL: 2913 single notes, 14 instruments, 5 folds"),
-    "vocalsound": Dataset("vocalsound", read_vocalsound, "VocalSound: 21024 vocal sounds, 6 classes, no folds"),
+    "esc50": Dataset("esc50", read_esc50, "ESC-50: 2000 environmental sounds, 50 classes, 5 folds",
+                     ("https://github.com/karoldvl/ESC-50/archive/master.zip",)),
+    "tinysol": Dataset("tinysol", read_tinysol, "TinySOL: 2913 single notes, 14 instruments, 5 folds",
+                       ("https://zenodo.org/record/3685367/files/TinySOL.tar.gz",  # the audio; its labels and
+                        "https://zenodo.org/record/3685367/files/TinySOL_metadata.csv")),  # folds are here
+    "vocalsound": Dataset("vocalsound", read_vocalsound, "VocalSound: 21024 vocal sounds, 6 classes, no folds",
+                          ("https://www.dropbox.com/s/c5ace70qh1vbyzb/vs_release_16k.zip?dl=1",)),
     "folder": Dataset("folder", read_folder, "your own <class>/*.wav folders or a path,label[,fold] CSV"),
 }
 

@@ -31,18 +31,10 @@ from ..core import logs
 from ..core.io import atomic_path, remove_stale, sha256_file
 from ..models import hf  # a transformers ClapModel: hub repo or local folder
 from ..models.laion import CheckpointError, check_finite_weights, read_checkpoint
-from .datasets import DatasetError, list_clips
+from .datasets import DATASETS, DatasetError, list_clips
 
-OFFICIAL_SOURCES: dict[str, list[str] | None] = {
-    "esc50": ["https://github.com/karoldvl/ESC-50/archive/master.zip"],
-    # The audio archive does not hold the metadata (instrument labels and folds).
-    "tinysol": [
-        "https://zenodo.org/record/3685367/files/TinySOL.tar.gz",
-        "https://zenodo.org/record/3685367/files/TinySOL_metadata.csv",
-    ],
-    "vocalsound": ["https://www.dropbox.com/s/c5ace70qh1vbyzb/vs_release_16k.zip?dl=1"],
-    "folder": None,
-}
+# Each dataset's official sources (`data.<name>.source: null`), from its entry in `datasets.DATASETS`.
+OFFICIAL_SOURCES: dict[str, list[str] | None] = {name: list(d.sources) or None for name, d in DATASETS.items()}
 CHECKPOINT_BASE_URL = "https://huggingface.co/lukewys/laion_clap/resolve/main/"
 OFFICIAL_CHECKPOINTS = {
     name: CHECKPOINT_BASE_URL + name

@@ -49,11 +49,10 @@ def outer_folds(labels, folds, scheme: str, k: int, seed: int) -> list[tuple[str
         official = np.unique(folds)
         if len(official) >= 2:
             return [(f"fold{int(f)}", np.flatnonzero(folds != f), np.flatnonzero(folds == f)) for f in official]
-        warnings.warn(
-            f"cv.scheme is 'official' but the data hold {len(official)} official fold; "
-            f"using {k} stratified folds (cv.k) instead",
-            stacklevel=2,
-        )
+        held = ("no official folds" if set(official.tolist()) <= {0}  # fold 0: a clip without one (folder datasets)
+                else f"{len(official)} official fold")
+        warnings.warn(f"cv.scheme is 'official' but the data hold {held}; using {k} stratified folds (cv.k) instead",
+                      stacklevel=2)
     if not isinstance(k, int) or k < 2:
         raise ParamError(f"params: 'cv.k' must be an integer >= 2, got {k!r}")
     counts = np.bincount(labels)

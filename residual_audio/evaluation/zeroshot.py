@@ -39,7 +39,7 @@ class TextSide:
 
 def build_text_side(model, tok, classes, templates=DEFAULT_TEMPLATES, checkpoint_sha256: str = "") -> TextSide:
     """Embed every class once (templates averaged after normalisation) and copy the projection."""
-    from ..models.laion import class_embeddings, logit_scale
+    from ..models.checkpoints import class_embeddings, logit_scale
 
     if not templates:
         raise ValueError("at least one prompt template is needed")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.params import ParamError, get
-from ..models.laion import tokenize
+from ..models.checkpoints import tokenize
 from .base import Estimator, FoldData, register
 from .tip_adapter import audio_and_zeroshot
 

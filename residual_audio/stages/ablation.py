@@ -29,6 +29,20 @@ class AblationParams:
                    get(params, "ablation.device"), get(params, "ablation.batch_size"))
 
 
+def _undefined(drops, geo, fisher: dict, geometry) -> list[str]:
+    """Why a number of ablation.json is empty or says little, in words (none when all is defined)."""
+    notes = []
+    if len(drops) and float(drops.abs().max()) == 0.0:
+        notes.append("every head's mean-ablation drop is 0: no single head changes a test prediction, so the "
+                     "correlation with the Fisher score is undefined (common with random weights or few clips)")
+    if geo is None:
+        notes.append(f"'fisher' is empty: {geometry} is not there (the geometry stage writes it)")
+    elif not fisher:
+        notes.append("'fisher' is empty: the drops or the Fisher scores are constant over the heads, or fewer than "
+                     "3 heads were matched, so no rank correlation is defined")
+    return notes
+
+
 def run(params: dict, dataset: str, geometry: str | Path = "plots/geometry/heads.csv") -> None:
     """Mean-ablation drops per head/block → plots/ablation/<dataset>.csv, metrics/<dataset>/ablation.json.
 
@@ -56,6 +70,9 @@ def run(params: dict, dataset: str, geometry: str | Path = "plots/geometry/heads
             "block_drop": {"max": float(blocks["drop"].max()), "top": blocks.nlargest(3, "drop")["unit"].tolist()},
             "fisher": fisher_correlation(table, geo, ds) if geo is not None else {},
         }
+        why = _undefined(heads["drop"], geo, metrics[ds]["fisher"], geometry)
+        if why:
+            metrics[ds]["notes"] = why
         if q.total:
             table, model_weights = _total_ablation(ds, variant, q, splits, text, table)
             if model_weights == "random":

@@ -15,10 +15,9 @@ from ..data.paths import HEADS_DIR, MEL_DIR, MODELS_DIR
 from ..data.units import read_units
 from ..evaluation.zeroshot import TextCacheError
 from ..methods.residual.inject import read_head_outputs
-from ..models.checkpoints import load_model
+from ..models.checkpoints import checkpoint_from, load_model, load_tokenizer, mel_fingerprint
 from ..models.device import resolve_device
 from ..models.hooked import HookedHTSAT
-from ..models.laion import checkpoint_from, load_tokenizer, mel_fingerprint
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,13 @@ import zarr
 
 from ..core import logs
 from ..core.io import atomic_path, sha256_file
-from ..core.params import ParamError, get
+from ..core.params import get
 from ..data.mel import MelStoreError, open_mel_store
 from ..data.stores import seal
-from ..models import hf
-from ..models.checkpoints import load_model
+from ..models.checkpoints import identity_file, load_model, mel_fingerprint, resolve_checkpoint
 from ..models.decompose import DirectDecomposition, head_rows, pooled_head_outputs, unit_names
 from ..models.device import resolve_device
 from ..models.hooked import HookedHTSAT
-from ..models.laion import mel_fingerprint
 
 REGIMES = ("pre", "post", "direct")
 CHUNK_BYTES = 4 << 20  # a chunk is the unit of compression and of partial reads
@@ -238,21 +236,6 @@ def extract(model, mel_path, out_path, *, batch_size: int = 16, device: str = "a
     return out_path
 
 
-def resolve_checkpoint(value, models_dir: str | os.PathLike = "data/models") -> str:
-    """'random', the download stage's `checkpoint.pt` or ClapModel folder, or an existing local file."""
-    value = str(value)
-    if value.strip().lower() == "random":
-        return "random"
-    downloaded = Path(models_dir) / "checkpoint.pt"
-    if downloaded.is_file():
-        return str(downloaded)
-    if hf.is_folder(Path(models_dir) / hf.FOLDER):
-        return str(Path(models_dir) / hf.FOLDER)
-    if Path(value).is_file() or hf.is_folder(value):
-        return value
-    raise ParamError(f"params: 'model.checkpoint' {value!r}: no {downloaded} and no such local file (run the model stage)")
-
-
 def run(params: dict, dataset: str, workdir: str | os.PathLike = ".") -> Path:
     """The `extract` stage of one dataset: data/mel/<dataset>.zarr -> data/heads/<dataset>.zarr."""
     workdir = Path(workdir)
@@ -267,7 +250,7 @@ def run(params: dict, dataset: str, workdir: str | os.PathLike = ".") -> Path:
     if checkpoint == "random":
         model, sha = load_model("random", variant=variant), "random"
     else:
-        model, sha = load_model(checkpoint, variant=variant), sha256_file(hf.identity_file(checkpoint))
+        model, sha = load_model(checkpoint, variant=variant), sha256_file(identity_file(checkpoint))
     used = {"extract": {"batch_size": batch_size, "device": device, "regimes": regimes},
             "model": {"checkpoint": str(get(params, "model.checkpoint")), "variant": variant}}
     return extract(model, mel_path, workdir / f"data/heads/{dataset}.zarr",

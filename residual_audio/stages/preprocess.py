@@ -26,7 +26,7 @@ from ..data import audio, datasets
 from ..data.fetch import original_source
 from ..data.stores import seal
 from ..models import checkpoints
-from ..models.laion import MelFrontEnd, checkpoint_from
+from ..models.checkpoints import MelFrontEnd, checkpoint_from
 
 FRONT_ENDS = ("exact", "laion_api")  # preprocess.front_end
 CLIP_COLUMNS = ["clip_id", "path", "label", "label_name", "fold", "duration", "orig_sr"]

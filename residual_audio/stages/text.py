@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from ..core.io import sha256_file
 from ..core.params import ParamError, get
+from ..data.heads import HeadsStore
 from ..data.paths import HEADS_DIR, MODELS_DIR, TEXT_DIR
-from ..data.stores import open_store
 from ..evaluation.zeroshot import build_text_side, save_text_side
-from ..models import hf
-from ..models.checkpoints import load_model
-from ..models.laion import load_tokenizer
+from ..models.checkpoints import identity_file, load_model, load_tokenizer, own_tokenizer, resolve_checkpoint
 
 
 def run(params: dict, dataset: str) -> None:
@@ -21,10 +19,9 @@ def run(params: dict, dataset: str) -> None:
     tokenizer = get(params, "model.tokenizer")
     templates = get(params, "zeroshot.templates")
     random = checkpoint.strip().lower() == "random"
-    folder = MODELS_DIR / hf.FOLDER  # the model stage's ClapModel folder, else its checkpoint.pt
-    checkpoint_file = "random" if random else str(folder if hf.is_folder(folder) else MODELS_DIR / "checkpoint.pt")
-    own_tokenizer = None if random else hf.tokenizer_dir(checkpoint_file)  # a ClapModel folder's own files
-    if own_tokenizer is None and (tokenizer is None or not str(tokenizer).strip()):
+    checkpoint_file = resolve_checkpoint(checkpoint, MODELS_DIR)  # what the model stage placed
+    own = own_tokenizer(checkpoint_file)  # a ClapModel folder's own files, if it has them
+    if own is None and (tokenizer is None or not str(tokenizer).strip()):
         raise ParamError(
             "params: 'model.tokenizer' is empty: the zero-shot class vectors need the roberta-base tokenizer "
             f"(vocab.json + merges.txt){', with random weights too' if checkpoint.strip().lower() == 'random' else ''}"
@@ -34,10 +31,10 @@ def run(params: dict, dataset: str) -> None:
         path = HEADS_DIR / f"{ds}.zarr"
         if not path.exists():
             raise FileNotFoundError(f"{path}: extraction store not found")
-        classes[ds] = list(open_store(path, attrs=("classes",), kind="heads store", hint="run the extract stage").attrs["classes"])
-    tok = load_tokenizer(own_tokenizer or MODELS_DIR / "tokenizer")
+        classes[ds] = HeadsStore.open(path).classes
+    tok = load_tokenizer(own or MODELS_DIR / "tokenizer")
     model = load_model(checkpoint_file, variant)
-    sha = "" if random else sha256_file(hf.identity_file(checkpoint_file))
+    sha = "" if random else sha256_file(identity_file(checkpoint_file))
     sides = {ds: build_text_side(model, tok, classes[ds], templates, sha) for ds in datasets}
     for ds, side in sides.items():
         save_text_side(TEXT_DIR / f"{ds}.npz", side)
