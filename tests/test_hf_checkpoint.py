@@ -152,7 +152,9 @@ def test_class_vectors_from_the_folders_own_tokenizer(hf_folder, loaded, clap_mo
         shutil.copy(shared_data / "roberta-base" / name, folder / name)
     classes = ["dog", "chirping_birds"]
     heads = zarr.open_group(tmp_path / "data" / "heads" / "esc50.zarr", mode="w")
-    heads.attrs["classes"] = classes
+    heads.create_array("label", data=np.array([0, 1], np.int64))
+    heads.create_array("fold", data=np.array([1, 2], np.int64))
+    heads.attrs.update(classes=classes, heads=[[0, 0, 0]], weights="pretrained")
     seal(heads)
     monkeypatch.chdir(tmp_path)
     text_stage_module.run({"datasets": ["esc50"], "model": {"checkpoint": "hf:laion/clap-htsat-unfused", "variant": "tiny",
