@@ -94,7 +94,8 @@ def waveforms():
 
 # Tests that build or run a CLAP model (directly or through a fixture that does) carry the
 # `model` marker, so `pytest -m "not model"` is a quick loop; `slow` ones run whole stages.
-MODEL_FIXTURES = {"model", "base_model", "tokenizer", "offline_example", "official_checkpoint"}
+MODEL_FIXTURES = {"model", "base_model", "tokenizer", "offline_example", "official_checkpoint",
+                  "clap_model", "hf_folder", "loaded"}  # the last three: a transformers ClapModel (test_hf_checkpoint)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -19,7 +19,7 @@ DATED = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
 def test_the_train_stage_names_every_method_and_fold_as_it_goes(tmp_path, monkeypatch, capsys):
     from residual_audio.stages.train import train_dataset
 
-    text, _ = synthetic_store(tmp_path / "data/heads/synthetic.zarr", n_per_class=4, n_classes=3, n_folds=3, seed=0)
+    text, _ = synthetic_store(tmp_path / "data/heads/synthetic.zarr", n_per_class=6, n_classes=3, n_folds=3, seed=0)
     save_text_side(tmp_path / "data/text/synthetic.npz", text)
     monkeypatch.chdir(tmp_path)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
