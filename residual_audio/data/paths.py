@@ -9,3 +9,5 @@ MEL_DIR = Path("data/mel")  # preprocess: <dataset>.zarr and .csv; read by metho
 HEADS_DIR = Path("data/heads")  # extract: <dataset>.zarr
 TEXT_DIR = Path("data/text")  # text: <dataset>.npz
 RESULTS_DIR = Path("data/results")  # train: <dataset>/<method>.npz
+METRICS_DIR = Path("metrics")  # evaluate, fewshot, ablation, geometry, compare: the numbers DVC shows
+PLOTS_DIR = Path("plots")  # their tables and figures: alignment/, fewshot/, ablation/, geometry/, comparison.csv

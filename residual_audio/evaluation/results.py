@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 
 from ..core.io import atomic_path
+from ..data.paths import PLOTS_DIR
 from ..data.stores import check_finite, read_npz
 
-METRICS_DIR, PLOTS_DIR = Path("metrics"), Path("plots/alignment")  # evaluate's and compare's outputs
+ALIGNMENT_PLOTS = PLOTS_DIR / "alignment"  # evaluate's tables and figures
 
 # the default `methods` list, in the order the comparison table shows them
 # what `train` runs when params.yaml names no `methods`, and the order of every table

@@ -20,6 +20,10 @@ from .laion import (  # noqa: F401
     CheckpointError, TokenizerError, checkpoint_from, class_embeddings, load_tokenizer, logit_scale, mel_fingerprint,
     tokenize)
 
+__all__ = ["CheckpointError", "MelFrontEnd", "TokenizerError", "build_model", "checkpoint_from", "class_embeddings",
+           "front_end", "identity_file", "load_model", "load_tokenizer", "logit_scale", "mel_fingerprint", "model_config",
+           "own_tokenizer", "resolve_checkpoint", "tokenize"]
+
 
 def load_model(checkpoint: str | os.PathLike, variant: str | None = None, seed: int = 0):
     """The model of `checkpoint`, frozen, in `eval()` (`random`: seeded random weights of `variant`)."""
@@ -39,7 +43,7 @@ def front_end(checkpoint: str | os.PathLike, variant: str = "tiny") -> MelFrontE
     return MelFrontEnd.from_file(checkpoint)
 
 
-def resolve_checkpoint(value, models_dir: str | os.PathLike = "data/models") -> str:
+def resolve_checkpoint(value, models_dir: str | os.PathLike) -> str:
     """What `model.checkpoint` = `value` stands for once the model stage has run: 'random', the
     placed `checkpoint.pt` or ClapModel folder under `models_dir`, or an existing local file or folder."""
     value = str(value)

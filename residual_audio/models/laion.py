@@ -479,7 +479,7 @@ class Architecture:
         return cls(depths, heads, widths, widths[0] // heads[0])
 
 
-def checkpoint_from(models_dir: str | os.PathLike = "data/models") -> str | Path:
+def checkpoint_from(models_dir: str | os.PathLike) -> str | Path:
     """The checkpoint the model stage provided: its file or ClapModel folder, or 'random'."""
     models_dir = Path(models_dir)
     manifest = models_dir / "manifest.json"

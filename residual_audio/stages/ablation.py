@@ -8,7 +8,7 @@ from pathlib import Path
 from ..analysis.ablation import direct_total_correlation, fisher_correlation, mean_ablation, total_ablation
 from ..core.io import atomic_path, write_json
 from ..core.params import get
-from ..data.paths import HEADS_DIR
+from ..data.paths import HEADS_DIR, METRICS_DIR, PLOTS_DIR
 from ..data.units import parse_unit
 from ..evaluation.protocol import Split
 from ..evaluation.tasks import task_of
@@ -87,10 +87,10 @@ def run(params: dict, dataset: str, geometry: str | Path = "plots/geometry/heads
             }
         tables[ds] = table
     for ds, table in tables.items():
-        with atomic_path(Path("plots/ablation") / f"{ds}.csv") as tmp:
+        with atomic_path(PLOTS_DIR / "ablation" / f"{ds}.csv") as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
     for ds, block in metrics.items():
-        write_json(Path("metrics") / ds / "ablation.json", block)
+        write_json(METRICS_DIR / ds / "ablation.json", block)
 
 
 def _total_ablation(ds: str, variant: str | None, q: AblationParams, splits: list[Split], text, table):

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..core.io import write_text
-from ..evaluation.results import METRICS_DIR, PLOTS_DIR, _csv, comparison_markdown, method_order
+from ..data.paths import METRICS_DIR, PLOTS_DIR
+from ..evaluation.results import ALIGNMENT_PLOTS, _csv, comparison_markdown, method_order
 
 
 def run(params: dict, metrics_dir: Path = METRICS_DIR) -> str:
@@ -17,7 +18,7 @@ def run(params: dict, metrics_dir: Path = METRICS_DIR) -> str:
 
     rows = []
     for ds in dataset_names(params):
-        directory = PLOTS_DIR / ds / "methods"
+        directory = ALIGNMENT_PLOTS / ds / "methods"
         files = sorted(directory.glob("*.json")) if directory.is_dir() else []
         if not files:
             raise FileNotFoundError(f"{directory}: no per-method metrics (run the 'evaluate' stage for {ds})")
@@ -29,7 +30,7 @@ def run(params: dict, metrics_dir: Path = METRICS_DIR) -> str:
     order = {m: i for i, m in enumerate(method_order(table.method.unique()))}
     table = table.sort_values(["dataset", "method"], key=lambda c: c.map(order) if c.name == "method" else c,
                               kind="stable").reset_index(drop=True)
-    _csv(Path("plots/comparison.csv"), table)
+    _csv(PLOTS_DIR / "comparison.csv", table)
     text = comparison_markdown(table)
     write_text(metrics_dir / "comparison.md", text)
     print(text, end="")

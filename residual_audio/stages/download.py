@@ -18,6 +18,7 @@ from ..data.fetch import (
     check_local_sources,
     fetch_dataset,
 )
+from ..data.paths import RAW_DIR
 
 
 def run(params: dict, name: str, workdir: str | os.PathLike = ".") -> dict:
@@ -41,7 +42,7 @@ def run(params: dict, name: str, workdir: str | os.PathLike = ".") -> dict:
     max_members = get(params, "download.max_members")
     try:
         return fetch_dataset(
-            source, workdir / "data" / "raw" / name, config["sha256"],
+            source, workdir / RAW_DIR / name, config["sha256"],
             key=f"data.{name}.source", check_dataset=name, options=options,
             limits=(int(max_mb * 2**20), int(max_members)),
         )

@@ -10,9 +10,10 @@ import pandas as pd
 
 from ..core.io import atomic_path, write_json
 from ..core.params import get
+from ..data.paths import METRICS_DIR, RESULTS_DIR
 from ..data.units import parse_unit
 from ..evaluation import results as al
-from ..evaluation.results import METRICS_DIR, PLOTS_DIR, _csv, comparison_markdown, method_order
+from ..evaluation.results import ALIGNMENT_PLOTS, _csv, comparison_markdown, method_order
 from ..evaluation.tasks import task_of
 
 
@@ -110,7 +111,7 @@ def plot_lambda(table: pd.DataFrame, path: Path, title: str) -> None:
 
 
 
-def run(params: dict, dataset: str, results_dir: Path = Path("data/results")) -> str:
+def run(params: dict, dataset: str, results_dir: Path = RESULTS_DIR) -> str:
     """Metrics and plots of one dataset from its stored test logits.
 
     Writes metrics/<dataset>/accuracy/<method>.json (the headline numbers `dvc metrics show` and
@@ -124,7 +125,7 @@ def run(params: dict, dataset: str, results_dir: Path = Path("data/results")) ->
     names = get(params, "methods")
     task = task_of(dataset)
     methods = collect([dataset], results_dir, names)[dataset]
-    out_plots, out_metrics = PLOTS_DIR / dataset, METRICS_DIR / dataset
+    out_plots, out_metrics = ALIGNMENT_PLOTS / dataset, METRICS_DIR / dataset
     headline, details, fold_rows, learning, recall_rows, comparison = {}, {}, [], [], [], []
     weights = set()
     for method in progress(method_order(methods), desc=f"evaluate {dataset}"):

@@ -21,6 +21,7 @@ from ..core import logs
 from ..core.io import atomic_path, sha256_file
 from ..core.params import get
 from ..data.mel import MelStoreError, open_mel_store
+from ..data.paths import HEADS_DIR, MEL_DIR, MODELS_DIR
 from ..data.stores import seal
 from ..models.checkpoints import identity_file, load_model, mel_fingerprint, resolve_checkpoint
 from ..models.decompose import DirectDecomposition, head_rows, pooled_head_outputs, unit_names
@@ -243,9 +244,9 @@ def run(params: dict, dataset: str, workdir: str | os.PathLike = ".") -> Path:
     device = get(params, "extract.device")
     regimes = ordered_regimes(get(params, "extract.regimes"))
     resolve_device(device)
-    mel_path = workdir / f"data/mel/{dataset}.zarr"
+    mel_path = workdir / MEL_DIR / f"{dataset}.zarr"
     open_mel_store(mel_path)  # fail before the model is built
-    checkpoint = resolve_checkpoint(get(params, "model.checkpoint"), workdir / "data/models")
+    checkpoint = resolve_checkpoint(get(params, "model.checkpoint"), workdir / MODELS_DIR)
     variant = get(params, "model.variant")
     if checkpoint == "random":
         model, sha = load_model("random", variant=variant), "random"
@@ -253,5 +254,5 @@ def run(params: dict, dataset: str, workdir: str | os.PathLike = ".") -> Path:
         model, sha = load_model(checkpoint, variant=variant), sha256_file(identity_file(checkpoint))
     used = {"extract": {"batch_size": batch_size, "device": device, "regimes": regimes},
             "model": {"checkpoint": str(get(params, "model.checkpoint")), "variant": variant}}
-    return extract(model, mel_path, workdir / f"data/heads/{dataset}.zarr",
+    return extract(model, mel_path, workdir / HEADS_DIR / f"{dataset}.zarr",
                    batch_size=batch_size, device=device, regimes=regimes, checkpoint_sha256=sha, params=used)

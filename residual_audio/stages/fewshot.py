@@ -22,7 +22,7 @@ import numpy as np
 from ..core.io import atomic_path, write_json
 from ..core.logs import progress
 from ..core.params import ParamError, check, get
-from ..data.paths import HEADS_DIR, RESULTS_DIR
+from ..data.paths import HEADS_DIR, METRICS_DIR, PLOTS_DIR, RESULTS_DIR
 from ..data.units import read_units
 from ..evaluation.protocol import Split
 from ..evaluation.results import load_results
@@ -31,7 +31,7 @@ from ..evaluation.zeroshot import zeroshot_logits
 from ..methods import REGISTRY, FoldData, build, check_names
 from .common import ENCODER, VALIDATION, method_context
 
-METRICS_DIR, PLOTS_DIR = Path("metrics"), Path("plots/fewshot")
+FEWSHOT_PLOTS = PLOTS_DIR / "fewshot"
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ def fewshot_dataset(params: dict, dataset: str, metrics_path: Path | None = None
 
     p = FewshotParams.read(params)
     metrics_path = METRICS_DIR / dataset / "fewshot.json" if metrics_path is None else metrics_path
-    plots_dir = PLOTS_DIR / dataset if plots_dir is None else plots_dir
+    plots_dir = FEWSHOT_PLOTS / dataset if plots_dir is None else plots_dir
     methods = [m for m in p.methods if ENCODER not in REGISTRY[m].needs or p.inject]
     left = [m for m in p.methods if m not in methods]
     if left:

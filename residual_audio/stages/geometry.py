@@ -6,9 +6,10 @@ from pathlib import Path
 
 from ..analysis import geometry
 from ..analysis.geometry import open_store
+from ..data.paths import HEADS_DIR, PLOTS_DIR
 
 
-def config_from_params(params: dict, heads_dir: str | Path = "data/heads") -> dict:
+def config_from_params(params: dict, heads_dir: str | Path = HEADS_DIR) -> dict:
     """The `geometry:` block of params.yaml (checked by the schema) and the heads stores it needs, as
     keyword arguments for `run`; a dataset without a heads store, or too few clips for `mle_k`, is refused."""
     from ..core.params import ParamError, check, dataset_names, get
@@ -37,7 +38,7 @@ def config_from_params(params: dict, heads_dir: str | Path = "data/heads") -> di
     }
 
 
-def run(params: dict, heads_dir: str | Path = "data/heads", out_dir: str | Path = "plots/geometry",
+def run(params: dict, heads_dir: str | Path = HEADS_DIR, out_dir: str | Path = PLOTS_DIR / "geometry",
           metrics_path: str | Path = "metrics/geometry.json") -> dict:
     """The `geometry` stage: tables, figures and metrics for every dataset in `datasets`
     (with two or more, the cross-dataset tables too)."""

@@ -15,6 +15,7 @@ from ..data.fetch import (
     check_local_sources,
     fetch_model,
 )
+from ..data.paths import MODELS_DIR
 
 
 def run(params: dict, workdir: str | os.PathLike = ".") -> dict:
@@ -34,7 +35,7 @@ def run(params: dict, workdir: str | os.PathLike = ".") -> dict:
     checkpoint = _against(workdir, checkpoint)
     check_local_sources([("model.checkpoint", checkpoint), ("model.tokenizer", tokenizer)])
     try:
-        return fetch_model(checkpoint, tokenizer, workdir / "data" / "models", checkpoint_sha256)
+        return fetch_model(checkpoint, tokenizer, workdir / MODELS_DIR, checkpoint_sha256)
     except NetworkError as exc:
         key = "tokenizer" if tokenizer and str(tokenizer).rstrip("/") in str(exc) else "checkpoint"
         raise NetworkError(f"model.{key}: {exc}; {OFFLINE_HINTS[key]}") from None

@@ -24,6 +24,7 @@ from ..core.io import atomic_path
 from ..core.params import get
 from ..data import audio, datasets
 from ..data.fetch import original_source
+from ..data.paths import MEL_DIR, MODELS_DIR, RAW_DIR
 from ..data.stores import seal
 from ..models import checkpoints
 from ..models.checkpoints import MelFrontEnd, checkpoint_from
@@ -167,18 +168,18 @@ def run(params: dict, name: str, workdir: str | Path = ".") -> Path:
     batch_size = get(params, "preprocess.batch_size")
     min_seconds = get(params, "preprocess.min_seconds")
 
-    clips, classes = datasets.list_clips(name, workdir / "data" / "raw" / name, **options)
+    clips, classes = datasets.list_clips(name, workdir / RAW_DIR / name, **options)
     clips = datasets.select(clips, limit, seed)
-    checkpoint = checkpoint_from(workdir / "data" / "models")
+    checkpoint = checkpoint_from(workdir / MODELS_DIR)
     variant = get(params, "model.variant")
     front = checkpoints.front_end(checkpoint, variant)
     weights = "random" if checkpoint == "random" else "pretrained"
-    out = workdir / "data" / "mel"
+    out = workdir / MEL_DIR
     used = {"dataset": name, "limit": limit, "seed": seed, "crop": crop, "min_seconds": min_seconds,
             "front_end": front_end}
     if weights == "random":
         print(f"preprocess: {WARNING_RANDOM}", file=sys.stderr)
-    raw = workdir / "data" / "raw" / name
+    raw = workdir / RAW_DIR / name
     timings = preprocess(clips, classes, front, out / f"{name}.zarr", out / f"{name}.csv", dataset=name,
                          weights=weights, crop=crop, front_end=front_end, batch_size=batch_size,
                          attrs={"params": used}, min_seconds=min_seconds,
