@@ -100,9 +100,7 @@ def progress(iterable=None, **kwargs):
         from tqdm import tqdm
 
         kwargs.pop("boundary", None)  # a bar shows every step anyway
-        if kwargs.get("disable") is None:
-            kwargs["disable"] = False
-        return tqdm(iterable, **kwargs)
+        return tqdm(iterable, **kwargs)  # disable=None: on, in a terminal
     return LogLine(iterable, **kwargs)
 
 

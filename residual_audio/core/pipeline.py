@@ -83,10 +83,8 @@ def _param_lines(stage: Stage, params: dict | None) -> list[str]:
     for pattern in stage.params:
         keys = [pattern.replace("${item}", d) for d in datasets] if "${item}" in pattern and datasets else [pattern]
         for key in keys:
-            for leaf in _leaves(key.replace("${item}", "{item}")) or [key]:
-                if "${item}" in key:
-                    leaf = key + leaf[len(key.replace("${item}", "{item}")):]
-                found = _leaf(leaf.replace("${item}", "esc50"))
+            for leaf in [key] if "${item}" in key else _leaves(key) or [key]:  # ${item}: no datasets listed
+                found = _leaf(leaf)
                 meaning = SCHEMA[found[0]]["help"] if found else ""
                 if params is None or "${item}" in leaf:
                     value = "(see params.yaml)"

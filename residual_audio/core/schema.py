@@ -24,38 +24,38 @@ from .errors import ParamError
 
 DEVICES = ("auto", "cpu", "cuda")
 
-_NONE = object()  # "no default": the key must be given
+NO_DEFAULT = object()  # "no default": the key must be given
 
 
 def _spec(kind: str, default, help: str, **fields) -> dict:
     return {"type": kind, "default": default, "help": help, **fields}
 
 
-def Int(min=None, max=None, null=False, default=_NONE, help=""):  # noqa: N802  (reads as a type in the table)
+def Int(min=None, max=None, null=False, default=NO_DEFAULT, help=""):  # noqa: N802  (reads as a type in the table)
     return _spec("int", default, help, min=min, max=max, null=null)
 
 
-def Num(min=None, max=None, null=False, min_open=False, max_open=False, default=_NONE, help=""):  # noqa: N802
+def Num(min=None, max=None, null=False, min_open=False, max_open=False, default=NO_DEFAULT, help=""):  # noqa: N802
     return _spec("number", default, help, min=min, max=max, null=null, min_open=min_open, max_open=max_open)
 
 
-def Str(null=False, choices=None, contains=None, default=_NONE, help=""):  # noqa: N802
+def Str(null=False, choices=None, contains=None, default=NO_DEFAULT, help=""):  # noqa: N802
     return _spec("str", default, help, null=null, choices=choices, contains=contains)
 
 
-def Bool(default=_NONE, help=""):  # noqa: N802
+def Bool(default=NO_DEFAULT, help=""):  # noqa: N802
     return _spec("bool", default, help)
 
 
-def List(item, min_len=0, null=False, unique=False, default=_NONE, help=""):  # noqa: N802
+def List(item, min_len=0, null=False, unique=False, default=NO_DEFAULT, help=""):  # noqa: N802
     return _spec("list", default, help, item=item, min_len=min_len, null=null, unique=unique)
 
 
-def Any_(*alternatives, default=_NONE, help=""):  # noqa: N802
+def Any_(*alternatives, default=NO_DEFAULT, help=""):  # noqa: N802
     return _spec("any", default, help, of=alternatives)
 
 
-def Choice(*choices, null=False, default=_NONE, help=""):  # noqa: N802
+def Choice(*choices, null=False, default=NO_DEFAULT, help=""):  # noqa: N802
     return Str(null=null, choices=choices, default=default, help=help)
 
 
@@ -94,7 +94,7 @@ DEFAULT_METHODS = ["zeroshot", "linear_probe", "linear", "spectral_out", "residu
                    "residual_full", "residual_identity", "linear_adapter", "tip_adapter", "tip_adapter_f"]
 FEWSHOT_METHODS = ["zeroshot", "linear_probe", "tip_adapter", "tip_adapter_f", "residual_fine",
                    "residual_fine_unlabelled", "residual_identity"]
-_LR = Any_(Num(min=0, min_open=True), List(Num(min=0, min_open=True), min_len=1))
+_POSITIVE = Num(min=0, min_open=True)
 _SELECT = "val_accuracy | val_loss: early stopping and the kept checkpoint"
 
 SCHEMA: dict[str, dict] = {
@@ -159,7 +159,8 @@ SCHEMA: dict[str, dict] = {
     f"{_RECIPE}.add_mean": Bool(default=_recipe("add_mean"), help="add the mean back after reweighting"),
     f"{_RECIPE}.others": Choice("keep", "remove", default=_recipe("others"),
                                 help="units not reweighted: keep (summed unchanged) | remove (zero ablation)"),
-    f"{_RECIPE}.lr": Any_(*_LR["of"], default=_recipe("lr"), help="a learning rate, or a grid chosen on validation"),
+    f"{_RECIPE}.lr": Any_(_POSITIVE, List(_POSITIVE, min_len=1), default=_recipe("lr"),
+                          help="a learning rate, or a grid chosen on validation"),
     f"{_RECIPE}.max_epochs": Int(min=0, max=30, default=_recipe("max_epochs"), help="most training epochs"),
     f"{_RECIPE}.patience": Int(min=1, default=_recipe("patience"), help="early-stopping patience, epochs"),
     f"{_RECIPE}.batch_size": Int(min=1, default=_recipe("batch_size"), help="clips per step"),
@@ -364,7 +365,7 @@ def default(key: str):
     found = _leaf(key)
     if found is not None:
         value = _resolve(found[0], key, found[1]["default"])
-        return NO_DEFAULT if value is _NONE else _copy(value)
+        return value if value is NO_DEFAULT else _copy(value)
     tree: dict = {}
     for pattern in SCHEMA:
         if not _is_prefix(pattern, key):
@@ -380,8 +381,6 @@ def default(key: str):
                     node[rest[-1]] = value
     return tree if tree else NO_DEFAULT
 
-
-NO_DEFAULT = _NONE
 
 
 def _copy(value):
@@ -412,7 +411,7 @@ def reference_markdown() -> str:
         if isinstance(value, PerName):
             shown = "; ".join(f"{n}: `{_yaml(v)}`" for n, v in value.items())
         else:
-            shown = "(required)" if value is _NONE else f"`{_yaml(value)}`"
+            shown = "(required)" if value is NO_DEFAULT else f"`{_yaml(value)}`"
         cells = [f"`{pattern}`", _describe(spec), shown, spec["help"]]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"

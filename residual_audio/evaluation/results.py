@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..core import schema
 from ..core.io import atomic_path
 from ..data.paths import PLOTS_DIR
 from ..data.stores import check_finite, read_npz
 
 ALIGNMENT_PLOTS = PLOTS_DIR / "alignment"  # evaluate's tables and figures
 
-# the default `methods` list, in the order the comparison table shows them
-# what `train` runs when params.yaml names no `methods`, and the order of every table
-DEFAULT_METHODS = ("zeroshot", "linear_probe", "linear", "spectral_out", "residual_coarse", "residual_fine",
-                   "residual_full", "residual_identity", "linear_adapter", "tip_adapter", "tip_adapter_f")
+# the schema's default `methods` list (what `train` runs when params.yaml names none), in the order
+# of every table, then the registered methods it leaves out
+DEFAULT_METHODS = tuple(schema.DEFAULT_METHODS)
 METHODS = DEFAULT_METHODS + ("prompt_learning", "residual_fine_unlabelled", "residual_inject")
 
 

@@ -22,14 +22,13 @@ import numpy as np
 from ..core.io import atomic_path, write_json
 from ..core.logs import progress
 from ..core.params import ParamError, check, get
-from ..data.paths import HEADS_DIR, METRICS_DIR, PLOTS_DIR, RESULTS_DIR
-from ..data.units import read_units
+from ..data.paths import METRICS_DIR, PLOTS_DIR, RESULTS_DIR
 from ..evaluation.protocol import Split
 from ..evaluation.results import load_results
 from ..evaluation.tasks import Classification, task_of
 from ..evaluation.zeroshot import zeroshot_logits
 from ..methods import REGISTRY, FoldData, build, check_names
-from .common import ENCODER, VALIDATION, method_context
+from .common import ENCODER, VALIDATION, _store, _weights, method_context
 
 FEWSHOT_PLOTS = PLOTS_DIR / "fewshot"
 
@@ -169,10 +168,10 @@ def fewshot_dataset(params: dict, dataset: str, metrics_path: Path | None = None
         warnings.warn(f"fewshot.methods {left} run the audio encoder every epoch: left out (set fewshot.inject: true)",
                       stacklevel=2)
     check(bool(methods), "fewshot.methods", "leaves no method to run")
-    store = read_units(HEADS_DIR / f"{dataset}.zarr")
+    store = _store(dataset)
     task = task_of(dataset)
     text = task.text_side(dataset, store)
-    weights = "random" if "random" in (store.weights, text.weights) else store.weights
+    weights = _weights(store, text)
     splits = task.splits(store, p, val_fraction=0.0, warn=False)  # `train` reports the folds
     with_val = any(needs_validation(m) for m in methods)
     feasible_shots(store.label, splits, p.shots, with_val)  # fail on impossible shots before any model is built

@@ -28,10 +28,7 @@ def run(params: dict, dataset: str) -> None:
         )
     classes = {}
     for ds in datasets:
-        path = HEADS_DIR / f"{ds}.zarr"
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: extraction store not found")
-        classes[ds] = HeadsStore.open(path).classes
+        classes[ds] = HeadsStore.open(HEADS_DIR / f"{ds}.zarr").classes
     tok = load_tokenizer(own or MODELS_DIR / "tokenizer")
     model = load_model(checkpoint_file, variant)
     sha = "" if random else sha256_file(identity_file(checkpoint_file))
