@@ -40,7 +40,8 @@ N_VAL = 16
 def one(stage: int, granularity: str, n_fit: int, batch: int, micro: int, threads: int) -> dict:
     """Fit one fold in this process; returns timings and the peak RSS."""
     from residual_audio.evaluation.protocol import Split
-    from residual_audio.evaluation.zeroshot import TextSide, projection_weights
+    from residual_audio.evaluation.zeroshot import TextSide
+    from residual_audio.models.checkpoints import projection_weights
     from residual_audio.methods import FoldData
     from residual_audio.methods.residual.inject import ENTRY_KEY, ResidualInject
     from residual_audio.methods.residual.maths import RECIPES
@@ -60,7 +61,7 @@ def one(stage: int, granularity: str, n_fit: int, batch: int, micro: int, thread
         context[ENTRY_KEY.format(stage=stage)] = torch.randn(N_CLIPS, *shape, generator=gen)
     label = np.arange(N_CLIPS) % 50
     classes = torch.nn.functional.normalize(torch.randn(50, 512, generator=gen), dim=-1).numpy()
-    text = TextSide([str(c) for c in range(50)], classes, logit_scale(model), projection_weights(model.audio_projection),
+    text = TextSide([str(c) for c in range(50)], classes, logit_scale(model), projection_weights(model),
                     "random", ["{label}"])
     split = Split("fold", np.arange(n_fit), np.arange(n_fit, n_fit + N_VAL), np.arange(n_fit + N_VAL, N_CLIPS))
     data = FoldData(store=SimpleNamespace(label=label, classes=text.classes), text=text, split=split, context=context)

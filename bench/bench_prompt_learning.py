@@ -66,12 +66,11 @@ def main() -> None:
     padded = ContextPrompts(model, tok, classes, "This is a sound of {label}.")
     full = padded.token_embeds.new_zeros(len(classes), 77, 768)
     with torch.no_grad():
-        from residual_audio.methods.prompt_learning import position_ids
         from residual_audio.models.laion import tokenize
 
         tokens = tokenize(tok, [f"This is a sound of {c.replace('_', ' ')}." for c in classes])
         full = model.text_branch.embeddings.word_embeddings(tokens["input_ids"])
-    padded.token_embeds, padded.mask, padded.positions = full, tokens["attention_mask"], position_ids(tokens["input_ids"])
+    padded.token_embeds, padded.mask, padded.ids = full, tokens["attention_mask"], tokens["input_ids"]
     pad = step_seconds(padded, args.steps)
     print(f"{len(classes)} classes, {args.threads} threads, batch {BATCH}, n_ctx {prompts.n_ctx} "
           f"({prompts.ctx.numel()} parameters)")

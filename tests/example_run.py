@@ -55,7 +55,9 @@ class ExampleRun:
         return done.stdout
 
 
-def run_offline_example(tmp: Path, tokenizer: Path) -> ExampleRun:
+def run_offline_example(tmp: Path, tokenizer: Path, checkpoint: str = "random", cache_type: str | None = None) -> ExampleRun:
+    """The README's offline example in a fresh copy; `checkpoint` replaces its `random` weights (a
+    checkpoint file), `cache_type` sets DVC's cache link type (hardlink: a large file is not copied)."""
     from test_datasets import fake_esc50
 
     work = tmp / "project"
@@ -68,7 +70,7 @@ def run_offline_example(tmp: Path, tokenizer: Path) -> ExampleRun:
     audio = tmp / "esc50-fold4"
     fake_esc50(audio, folds=(4,), per_class=4)  # cv.k=2 leaves 2 per class: a 1-shot draw and its validation draw
     example = offline_example().replace("../shared/data/esc50-fold4", str(audio)).replace(
-        "../shared/data/roberta-base", str(tokenizer))
+        "../shared/data/roberta-base", str(tokenizer)).replace("model.checkpoint=random", f"model.checkpoint={checkpoint}")
     command = example + "".join(f" -S {shlex.quote(q)}" for q in quick_settings())
     trace = tmp / "trace"
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -78,5 +80,7 @@ def run_offline_example(tmp: Path, tokenizer: Path) -> ExampleRun:
     (venv / "activate").write_text(f"export PATH={Path(sys.executable).parent}:$PATH\n")
     run = ExampleRun(work, trace, env, venv)
     run.sh("git init -q && git add -A && git -c user.name=t -c user.email=t@localhost commit -qm snapshot")
+    if cache_type:
+        run.sh(f"dvc config --local cache.type {cache_type}")
     run.sh(command)
     return run

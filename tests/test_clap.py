@@ -165,13 +165,13 @@ def test_real_tokenizer_tokenizes_like_roberta_base(tokenizer):
 
 @pytest.mark.shared
 def test_class_embeddings_average_templates(model, tokenizer):
-    one = clap.class_embeddings(model, tokenizer, ["dog", "rain"])
+    one = checkpoints.class_embeddings(model, tokenizer, ["dog", "rain"])
     assert one.shape == (2, 512)
     assert torch.allclose(one.norm(dim=-1), torch.ones(2))
-    spaced = clap.class_embeddings(model, tokenizer, ["chirping_birds"])
+    spaced = checkpoints.class_embeddings(model, tokenizer, ["chirping_birds"])
     direct = clap.text_embedding(model, clap.tokenize(tokenizer, ["This is a sound of chirping birds"]))
     torch.testing.assert_close(spaced, direct)
-    two = clap.class_embeddings(model, tokenizer, ["dog"], templates=("{label}", "a {label} barking"))
+    two = checkpoints.class_embeddings(model, tokenizer, ["dog"], templates=("{label}", "a {label} barking"))
     a = clap.text_embedding(model, clap.tokenize(tokenizer, ["dog"]))
     b = clap.text_embedding(model, clap.tokenize(tokenizer, ["a dog barking"]))
     torch.testing.assert_close(two, torch.nn.functional.normalize(a + b, dim=-1))

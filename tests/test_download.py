@@ -458,7 +458,7 @@ def test_params_and_dvc_stage_agree():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     from residual_audio.core.params import get
-    from residual_audio.data.fetch import OFFICIAL_SOURCES, TOKENIZER_BASE_URL
+    from residual_audio.data.fetch import OFFICIAL_SOURCES
 
     for name in params["datasets"]:
         for key in stages["download"]["do"]["params"]:
@@ -471,7 +471,7 @@ def test_params_and_dvc_stage_agree():
     assert params["data"]["tinysol"]["source"] == OFFICIAL_SOURCES["tinysol"]
     assert params["data"]["vocalsound"]["source"] == OFFICIAL_SOURCES["vocalsound"][0]
     assert params["data"]["folder"]["source"] is None
-    assert params["model"]["checkpoint"] == "630k-audioset-best.pt" and params["model"]["tokenizer"] == TOKENIZER_BASE_URL
+    assert params["model"]["checkpoint"] == "630k-audioset-best.pt" and params["model"]["tokenizer"] == "auto"
 
 
 def test_dvc_repro_skips_the_fetch_when_only_limit_changes(esc_tree, tmp_path):

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import torch
 import zarr
-
 from conftest import checked
 
 from residual_audio.core.params import ParamError
 from residual_audio.data.stores import seal
 from residual_audio.models.decompose import relative_error
 from residual_audio.models.hooked import HookedHTSAT
-from residual_audio.models.laion import audio_embedding_from_mel, log_mel, mel_fingerprint
+from residual_audio.models.laion import MelFrontEnd, audio_embedding_from_mel, log_mel, mel_fingerprint
 from residual_audio.stages import extract as ex
 
 N = 5
@@ -34,7 +33,8 @@ def make_mel_store(path: Path, model, n: int = N, fingerprint: str | None = None
         ids[:] = np.array([f"clip-{i:03d}" for i in range(n)], dtype=object)
     group.create_array("label", data=np.arange(n, dtype=np.int64) % len(CLASSES), chunks=(max(n, 1),))
     group.create_array("fold", data=np.arange(n, dtype=np.int64) % 2 + 1, chunks=(max(n, 1),))
-    group.attrs.update(dataset="toy", classes=CLASSES, mel_sha256=fingerprint or mel_fingerprint(model), weights="random")
+    group.attrs.update(dataset="toy", classes=CLASSES, mel_sha256=fingerprint or mel_fingerprint(model), weights="random",
+                       audio=MelFrontEnd.of(model).settings())
     seal(group)
     return path
 

@@ -294,8 +294,12 @@ def test_download_places_a_local_folder_and_a_hub_repo(hf_folder, tmp_path, monk
     assert not (tmp_path / "fused-out").exists()
 
 
-def test_default_prompt_is_laions():
-    from residual_audio.evaluation.zeroshot import DEFAULT_TEMPLATES
+def test_default_prompt_is_the_familys_own():
+    """`zeroshot.templates: auto` (the default) is LAION's ESC-50 prompt for LAION-CLAP and msclap's
+    README prompt for MS-CLAP."""
+    from residual_audio.models.checkpoints import default_prompt
 
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
-    assert params["zeroshot"]["templates"] == ["This is a sound of {label}"] == list(DEFAULT_TEMPLATES)
+    assert params["zeroshot"]["templates"] == "auto"
+    assert default_prompt("laion") == "This is a sound of {label}"
+    assert default_prompt("msclap") == "this is a sound of {label}"

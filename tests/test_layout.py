@@ -153,7 +153,7 @@ def test_stages_ask_the_model_family_seam_never_a_family():
 
 
 def test_only_the_seam_imports_a_family_module():
-    """Outside `models/`, nothing imports models.laion or models.hf: the family seam is the one door
+    """Outside `models/`, nothing imports models.laion, models.hf or models.msclap: the family seam is the one door
     (the data layer's fetching and the CLI are the exceptions that place and describe checkpoints)."""
     import re
 
@@ -163,4 +163,4 @@ def test_only_the_seam_imports_a_family_module():
         if part in ("models", "data", "cli.py", "__main__.py"):
             continue
         text = path.read_text()
-        assert not re.search(r"from \.+models(\.laion| import (hf|laion))", text), path
+        assert not re.search(r"from \.+models(\.laion|\.msclap| import (hf|laion|msclap))", text), path

@@ -20,10 +20,12 @@ SHARED = Path(os.environ.get("RESIDUAL_AUDIO_SHARED", REPO.parent / "shared"))
 
 def test_setup_and_test_commands_are_what_ci_runs():
     first = bash_blocks()[0].strip().splitlines()
-    assert first == ["python3 -m venv .venv && .venv/bin/pip install -r requirements.txt -e .",
+    assert first == ["python3 -m venv .venv && .venv/bin/pip install -r requirements.txt -e . && "
+                     ".venv/bin/pip install --no-deps -r requirements-reference.txt",
                      ".venv/bin/python -m pytest -q"]
     ci = (REPO / ".ci" / "run").read_text()
-    assert "python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt -e ." in ci
+    assert ("python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt -e . && "
+            ".venv/bin/pip install -q --no-deps -r requirements-reference.txt") in ci
     assert ".venv/bin/python -m pytest -q" in ci
 
 

@@ -66,7 +66,7 @@ def default_run(project):
 
 def _head(text, e: np.ndarray, normalise_input=False) -> np.ndarray:
     """scale · normalise(W₂ ReLU(W₁ e + b₁) + b₂) · classesᵀ, in float64."""
-    p = {k: v.astype(np.float64) for k, v in text.projection.items()}
+    p = {k: v.astype(np.float64) for k, v in text.projection.items() if k != "kind"}
     out = np.maximum(e @ p["w1"].T + p["b1"], 0) @ p["w2"].T + p["b2"]
     return _classify(text, out)
 
@@ -77,7 +77,7 @@ def _classify(text, out: np.ndarray) -> np.ndarray:
 
 
 def _output(text, e):
-    p = {k: v.astype(np.float64) for k, v in text.projection.items()}
+    p = {k: v.astype(np.float64) for k, v in text.projection.items() if k != "kind"}
     return np.maximum(e @ p["w1"].T + p["b1"], 0) @ p["w2"].T + p["b2"]
 
 

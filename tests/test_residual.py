@@ -65,7 +65,7 @@ def _recipe(name="identity", **fields):
 
 def test_only_lambda_is_trained_and_the_head_stays_frozen(world, split):
     store, text, _ = world
-    head_before = {k: v.copy() for k, v in text.projection.items()}
+    head_before = {k: np.copy(v) for k, v in text.projection.items()}
     est = _recipe("identity", max_epochs=3, lr=0.05).fit(_fold(store, text, split))
     assert [n for n, p in est.model_.named_parameters() if p.requires_grad] == ["lam"]
     assert not est.model_.training

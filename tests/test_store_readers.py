@@ -82,7 +82,8 @@ def test_mel_and_heads_stores_with_other_classes_are_refused(tmp_path, monkeypat
     for key in ("label", "fold"):
         mel.create_array(key, data=arrays[key])
     mel.create_array("clip_id", data=arrays["clip_id"])
-    mel.attrs.update(classes=list(reversed(attrs["classes"])), mel_sha256="x")
+    mel.attrs.update(classes=list(reversed(attrs["classes"])), mel_sha256="x",
+                     audio={"clip_samples": 480000, "hop_size": 480, "mel_bins": 64})
     seal(mel)
     with pytest.raises(MelStoreError, match="attribute 'classes' differs"):
         common._mel_store("syn", read_head_outputs("data/heads/syn.zarr"))

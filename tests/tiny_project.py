@@ -13,8 +13,9 @@ import torch.nn.functional as F
 import zarr
 
 from residual_audio.data.stores import seal
-from residual_audio.evaluation.zeroshot import TextSide, projection_weights, save_text_side
-from residual_audio.models.laion import log_mel, logit_scale, mel_fingerprint
+from residual_audio.evaluation.zeroshot import TextSide, save_text_side
+from residual_audio.models.checkpoints import joint_dim, logit_scale, projection_weights
+from residual_audio.models.laion import MelFrontEnd, log_mel, mel_fingerprint
 
 CLASSES = ["quiet", "loud"]
 
@@ -24,15 +25,15 @@ def noise_mel(model, n: int, seed: int = 3) -> tuple[torch.Tensor, np.ndarray]:
     gen = torch.Generator().manual_seed(seed)
     label = np.arange(n) % 2
     level = torch.where(torch.from_numpy(label) == 1, 0.3, 0.03) * (1 + 0.3 * torch.rand(n, generator=gen))
-    wave = torch.randn(n, 480000, generator=gen) * level[:, None]
+    wave = torch.randn(n, MelFrontEnd.of(model).clip_samples, generator=gen) * level[:, None]
     return log_mel(model, wave), label.astype(np.int64)
 
 
 def text_side(model, classes=CLASSES, seed: int = 0) -> TextSide:
     """Random class vectors with the model's own projection and temperature (no tokenizer needed)."""
     gen = torch.Generator().manual_seed(seed)
-    emb = F.normalize(torch.randn(len(classes), 512, generator=gen), dim=-1).numpy()
-    return TextSide(list(classes), emb, logit_scale(model), projection_weights(model.audio_projection), "random",
+    emb = F.normalize(torch.randn(len(classes), joint_dim(model), generator=gen), dim=-1).numpy()
+    return TextSide(list(classes), emb, logit_scale(model), projection_weights(model), "random",
                     ["This is a sound of {label}."])
 
 
@@ -44,7 +45,8 @@ def write_mel_store(path: Path, model, n: int, seed: int = 3) -> Path:
     ids[:] = np.array([f"clip-{i:03d}" for i in range(n)], dtype=object)
     g.create_array("label", data=label, chunks=(n,))
     g.create_array("fold", data=np.zeros(n, np.int64), chunks=(n,))
-    g.attrs.update(dataset=path.stem, classes=CLASSES, mel_sha256=mel_fingerprint(model), weights="random")
+    g.attrs.update(dataset=path.stem, classes=CLASSES, mel_sha256=mel_fingerprint(model), weights="random",
+                   audio=MelFrontEnd.of(model).settings())
     seal(g)
     return path
 

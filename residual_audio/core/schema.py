@@ -114,12 +114,15 @@ SCHEMA: dict[str, dict] = {
                                     help="largest total unpacked size of one archive, MiB (a zip/tar-bomb guard)"),
     "download.max_members": Int(min=1, default=1_000_000, help="most files and folders in one archive"),
     "model.checkpoint": Str(default="630k-audioset-best.pt",
-                            help="random (seeded random weights), a URL, a local file, an official file name, "
-                                 "hf:<owner>/<name> or a local ClapModel folder"),
+                            help="random (seeded random LAION-CLAP weights), a URL, a local file (LAION-CLAP .pt or "
+                                 "MS-CLAP 2023 .pth, told by content), an official file name (LAION's, or "
+                                 "CLAP_weights_2023.pth), hf:<owner>/<name> or a local ClapModel folder"),
     "model.checkpoint_sha256": Str(null=True, default=None, help="sha256 the checkpoint file must have"),
-    "model.variant": Choice("tiny", "base", default="tiny", help="HTSAT-tiny (184 heads) or HTSAT-base (280 heads)"),
-    "model.tokenizer": Str(null=True, default="https://huggingface.co/roberta-base/resolve/main/",
-                           help="URL base or local folder holding roberta-base vocab.json and merges.txt"),
+    "model.variant": Choice("tiny", "base", default="tiny",
+                            help="HTSAT-tiny (184 heads) or HTSAT-base (280 heads; LAION only)"),
+    "model.tokenizer": Str(null=True, default="auto",
+                           help="auto (the family's own from the hub: roberta-base for LAION, gpt2 for MS-CLAP), a URL "
+                                "base or a local folder holding vocab.json and merges.txt"),
     "preprocess.crop": Any_(Choice("start", "center"), Int(min=0), default="start",
                             help="clips longer than 10 s: keep the window at start, center or this sample offset"),
     "preprocess.batch_size": Int(min=1, default=16, help="clips per log-mel batch"),
@@ -132,8 +135,9 @@ SCHEMA: dict[str, dict] = {
                             help="pre: heads before the output projection; post: after it; direct: units -> embedding"),
     "inject_layers": List(Int(min=0, max=3), min_len=1, unique=True, default=[0, 1, 2, 3],
                           help="stages (0-3) whose units ResiDual reweights"),
-    "zeroshot.templates": List(Str(contains="{label}"), min_len=1, default=["This is a sound of {label}"],
-                               help="prompts, each with {label}, averaged after normalisation"),
+    "zeroshot.templates": Any_(Choice("auto"), List(Str(contains="{label}"), min_len=1), default="auto",
+                               help="auto (the family's prompt: LAION 'This is a sound of {label}', MS-CLAP 'this is a "
+                                    "sound of {label}') or prompts, each with {label}, averaged after normalisation"),
     "cv.scheme": Choice("official", "stratified", default="official",
                         help="official (leave one official fold out) | stratified"),
     "cv.k": Int(min=2, default=5, help="stratified folds (also used when fewer than two official folds exist)"),

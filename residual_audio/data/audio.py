@@ -1,4 +1,7 @@
-"""Deterministic audio front end: decode, mono, resample to 48 kHz, int16-quantise, pad/crop to 10 s.
+"""Deterministic audio front end: decode, mono, resample, int16-quantise, fill/crop to the clip length.
+
+For LAION-CLAP: 48 kHz, int16 round trip, repeat-pad to 10 s (the defaults below); other families
+give their own rate, length, fill and quantisation through their front end (`MelFrontEnd`).
 
 Matches what LAION-CLAP's `get_audio_embedding_from_filelist` feeds its model, minus its
 two sources of randomness (the `rand_trunc` crop position and the global RNG), and with
@@ -87,7 +90,7 @@ def check_duration(path, n: int, sr: int, min_seconds: float = MIN_SECONDS) -> N
 
 
 def check_audible(path, x: np.ndarray) -> np.ndarray:
-    """After resampling and int16 quantisation the clip must still hold a non-zero sample."""
+    """After resampling (and LAION's int16 quantisation) the clip must still hold a non-zero sample."""
     if not np.any(x):
         raise AudioError(f"{path}: audio is silent after resampling and int16 quantisation")
     return x
@@ -125,13 +128,21 @@ def crop_offset(n: int, length: int, crop: str | int) -> int:
     raise ValueError(f"crop must be 'start', 'center' or an integer sample offset, not {crop!r}")
 
 
-def fit_length(x: np.ndarray, length: int = CLIP_SAMPLES, crop: str | int = "start") -> np.ndarray:
-    """Repeat-pad (as LAION's 'repeatpad': whole repeats, then zeros) or crop deterministically."""
+FILLS = ("repeatpad", "repeat")
+
+
+def fit_length(x: np.ndarray, length: int = CLIP_SAMPLES, crop: str | int = "start", fill: str = "repeatpad") -> np.ndarray:
+    """Crop deterministically, or fill a shorter clip: 'repeatpad' (LAION's: whole repeats, then
+    zeros) or 'repeat' (msclap's: repeated ceil(length/n) times and cut to length)."""
     n = len(x)
     if n > length:
         start = crop_offset(n, length, crop)
         return x[start : start + length]
     if n < length:
+        if fill == "repeat":
+            return np.tile(x, -(-length // n))[:length]
+        if fill != "repeatpad":
+            raise ValueError(f"fill must be one of {FILLS}, not {fill!r}")
         x = np.tile(x, length // n)
         x = np.pad(x, (0, length - len(x)))
     return x

@@ -29,29 +29,31 @@ from pathlib import Path
 
 from ..core import logs
 from ..core.io import atomic_path, remove_stale, sha256_file
-from ..models import hf  # a transformers ClapModel: hub repo or local folder
-from ..models.laion import CheckpointError, check_finite_weights, read_checkpoint
+from ..models import hf, msclap  # a transformers ClapModel (hub repo or local folder); MS-CLAP's official names
+from ..models.checkpoints import CheckpointError, default_tokenizer, read_file
+from ..models.laion import check_finite_weights
 from .datasets import DATASETS, DatasetError, list_clips
 
 # Each dataset's official sources (`data.<name>.source: null`), from its entry in `datasets.DATASETS`.
 OFFICIAL_SOURCES: dict[str, list[str] | None] = {name: list(d.sources) or None for name, d in DATASETS.items()}
 CHECKPOINT_BASE_URL = "https://huggingface.co/lukewys/laion_clap/resolve/main/"
+# Official file names, each standing for its hub URL: LAION-CLAP's, then MS-CLAP 2023's.
 OFFICIAL_CHECKPOINTS = {
-    name: CHECKPOINT_BASE_URL + name
-    for name in (
+    **{name: CHECKPOINT_BASE_URL + name for name in (
         "630k-audioset-best.pt",
         "630k-best.pt",
         "music_audioset_epoch_15_esc_90.14.pt",
         "music_speech_audioset_epoch_15_esc_89.98.pt",
         "music_speech_epoch_15_esc_89.25.pt",
-    )
+    )},
+    **msclap.OFFICIAL_CHECKPOINTS,
 }
+REFUSED_CHECKPOINTS = dict(msclap.REFUSED)  # official names of models the pipeline cannot run, with the reason
 # Published sha256 of the official files, checked whenever the name is used (a user's own
 # file is checked only against `model.checkpoint_sha256`). Add a file's hash here only as
 # published by its authors (e.g. the LFS sha256 on its Hugging Face file page); none is
 # recorded yet, so until then official files are checked only against a given sha256.
 OFFICIAL_SHA256: dict[str, str] = {}
-TOKENIZER_BASE_URL = "https://huggingface.co/roberta-base/resolve/main/"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 MANIFEST = "manifest.json"
 HF_PREFIX = "hf:"  # model.checkpoint: hf:<owner>/<name>, a transformers ClapModel on the hub
@@ -503,7 +505,8 @@ def fetch_model(
     `checkpoint` is 'random' (no file: seeded random weights), a URL or a local file, or a
     transformers ClapModel (`hf:<owner>/<name>` or a local folder with config.json), fetched
     into `checkpoint/` with its own tokenizer files when it has them;
-    `tokenizer` is a URL base or local directory holding vocab.json and merges.txt, or
+    `tokenizer` is a URL base or local directory holding vocab.json and merges.txt, 'auto' (the
+    checkpoint's family's own files on the hub, known once the checkpoint is placed), or
     None/'none'. A part whose request is unchanged is linked from the earlier output
     instead of being fetched again.
     """
@@ -515,7 +518,10 @@ def fetch_model(
     if random and checkpoint_sha256 is not None:
         raise DownloadError("model.checkpoint_sha256: given, but model.checkpoint is 'random'")
     ckpt_request = None if random else _request(checkpoint, checkpoint_sha256)
-    if not _none(tokenizer) and is_url(str(tokenizer)):
+    auto = not _none(tokenizer) and str(tokenizer).strip().lower() == "auto"
+    if auto:
+        tokenizer = "auto"
+    elif not _none(tokenizer) and is_url(str(tokenizer)):
         tokenizer = str(tokenizer).rstrip("/") + "/"  # 'base' and 'base/' name the same files
     tok_request = None if _none(tokenizer) else _request(str(tokenizer), None)
     tok_files = [f"tokenizer/{f}" for f in TOKENIZER_FILES]
@@ -546,18 +552,24 @@ def fetch_model(
             if not _reuse(old, out, "checkpoint", ckpt_request, ["checkpoint.pt"], tmp):
                 fetch_file(checkpoint, tmp / "checkpoint.pt", checkpoint_sha256, "model.checkpoint")
             try:  # refuse a file that would run code (or is no checkpoint) before it is placed
-                check_finite_weights(read_checkpoint(tmp / "checkpoint.pt", mmap=True), tmp / "checkpoint.pt")
+                family, state = read_file(tmp / "checkpoint.pt", mmap=True)
+                check_finite_weights(state, tmp / "checkpoint.pt")
             except CheckpointError as exc:
                 raise CheckpointError(str(exc).replace(str(tmp / "checkpoint.pt"), checkpoint, 1)) from None
+            manifest["family"] = family
             files = _describe(tmp, ["checkpoint.pt"])
             manifest["checkpoint"] = {"request": ckpt_request, "files": files}
             manifest["checkpoint_sha256"] = files["checkpoint.pt"]["sha256"]
         else:
             manifest["checkpoint"] = {"request": None, "source": "random", "files": {}}
+        manifest.setdefault("family", "laion")  # random weights and ClapModel folders are LAION's family
         if tok_request is not None:
+            if auto:
+                tokenizer = default_tokenizer(manifest["family"])
             if not _reuse(old, out, "tokenizer", tok_request, tok_files, tmp):
                 _fetch_tokenizer(str(tokenizer), tmp / "tokenizer")
-            manifest["tokenizer"] = {"request": tok_request, "files": _describe(tmp, tok_files)}
+            manifest["tokenizer"] = {"request": tok_request, "files": _describe(tmp, tok_files),
+                                     **({"source": tokenizer} if auto else {})}
         manifest["files"] = _files(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     print(f"{out}: weights {manifest['weights']}, tokenizer {'none' if tok_request is None else tokenizer}")
@@ -591,7 +603,8 @@ def _against(workdir: Path, source):
     """A relative local path in params means relative to the project folder (where dvc runs the stage)."""
     if isinstance(source, list):
         return [_against(workdir, s) for s in source]
-    if _none(source) or is_url(str(source)) or str(source).strip().lower() == "random" or str(source).startswith(HF_PREFIX):
+    if (_none(source) or is_url(str(source)) or str(source).strip().lower() in ("random", "auto")
+            or str(source).startswith(HF_PREFIX)):
         return source
     path = Path(str(source)).expanduser()
     return str(path if path.is_absolute() else workdir / path)
@@ -663,7 +676,7 @@ def fetch_clapmodel(source: str, dest: str | os.PathLike, sha256: str | None = N
 def check_local_sources(sources: list[tuple[str, object]]) -> None:
     """Every local source must exist before anything is fetched or written (URLs are checked when fetched)."""
     for key, source in sources:
-        if _none(source) or is_url(str(source)) or str(source).strip().lower() == "random":
+        if _none(source) or is_url(str(source)) or str(source).strip().lower() in ("random", "auto"):
             continue
         if not Path(str(source)).expanduser().exists():
             raise DownloadError(f"{key}: {source} not found")

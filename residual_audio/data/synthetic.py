@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..evaluation.zeroshot import TextSide, projection_weights
+from ..evaluation.zeroshot import TextSide
+from ..models.laion import mlp_weights
 
 DEPTHS, HEADS, WIDTH, HEAD_DIM, DIM = (2, 2, 6, 2), (4, 8, 16, 32), 96, 24, 768
 
@@ -114,7 +115,7 @@ def synthetic_text_side(classes, prototypes: np.ndarray, const: np.ndarray, seed
         classes=list(classes),
         class_embeddings=emb.numpy().astype(np.float32),
         logit_scale=float(1 / 0.07),
-        projection=projection_weights(proj),
+        projection=mlp_weights(proj),
         weights="random",
         templates=["This is a sound of {label}."],
     )

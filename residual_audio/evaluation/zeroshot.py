@@ -1,5 +1,9 @@
 """Zero-shot classification from the pooled 768-d embedding, with the frozen CLAP head.
 
+The head is the family's audio projection, split after its first (linear) layer: LAION's
+(`laion`: Linear, ReLU, Linear) or MS-CLAP's (`msclap`: Linear, GELU, Linear, plus the first,
+LayerNorm).
+
 The text side (class vectors, temperature) and the frozen audio projection are computed
 once per dataset and cached in `data/text/<dataset>.npz`, so that every later stage —
 ablation, ResiDual's direct mode, the baselines — runs without building the model.
@@ -17,7 +21,8 @@ from torch import nn
 
 from ..core.io import atomic_path
 
-DEFAULT_TEMPLATES = ("This is a sound of {label}",)  # LAION-CLAP's own ESC-50 zero-shot prompt
+# The arrays of each kind of frozen audio projection (w1, b1: its first, linear layer).
+PROJECTION_KEYS = {"laion": ("w1", "b1", "w2", "b2"), "msclap": ("w1", "b1", "w2", "ln_w", "ln_b", "ln_eps")}
 
 
 class TextCacheError(ValueError):
@@ -29,44 +34,37 @@ class TextSide:
     """Class vectors, temperature and the frozen audio projection of one model."""
 
     classes: list[str]
-    class_embeddings: np.ndarray  # [C, 512], rows L2-normalised
+    class_embeddings: np.ndarray  # [C, joint], rows L2-normalised (LAION 512, MS-CLAP 1024)
     logit_scale: float
-    projection: dict  # w1 [512,768], b1 [512], w2 [512,512], b2 [512]
+    projection: dict  # kind ('laion' | 'msclap') and its arrays, PROJECTION_KEYS[kind]
     weights: str  # 'pretrained' or 'random'
     templates: list[str]
     checkpoint_sha256: str = ""
 
 
-def build_text_side(model, tok, classes, templates=DEFAULT_TEMPLATES, checkpoint_sha256: str = "") -> TextSide:
-    """Embed every class once (templates averaged after normalisation) and copy the projection."""
-    from ..models.checkpoints import class_embeddings, logit_scale
+def build_text_side(model, tok, classes, templates=None, checkpoint_sha256: str = "") -> TextSide:
+    """Embed every class once (templates averaged after normalisation) and copy the projection
+    (`templates` None: the family's own prompt, LAION's "This is a sound of {label}", MS-CLAP's
+    "this is a sound of {label}")."""
+    from ..models.checkpoints import class_embeddings, default_prompt, logit_scale, projection_weights
 
+    if templates is None:
+        templates = [default_prompt(getattr(model, "family", "laion"))]
     if not templates:
         raise ValueError("at least one prompt template is needed")
     for t in templates:
         if "{label}" not in t:
             raise ValueError(f"prompt template {t!r} has no '{{label}}' placeholder")
     emb = class_embeddings(model, tok, list(classes), list(templates))
-    proj = model.audio_projection
     return TextSide(
         classes=list(classes),
         class_embeddings=emb.detach().cpu().numpy().astype(np.float32),
         logit_scale=logit_scale(model),
-        projection=projection_weights(proj),
+        projection=projection_weights(model),
         weights=getattr(model, "weights", "random"),
         templates=list(templates),
         checkpoint_sha256=checkpoint_sha256,
     )
-
-
-def projection_weights(proj: nn.Module) -> dict:
-    """The weights of LAION's audio projection (Linear 768→512, ReLU, Linear 512→512)."""
-    return {
-        "w1": proj[0].weight.detach().cpu().numpy().astype(np.float32),
-        "b1": proj[0].bias.detach().cpu().numpy().astype(np.float32),
-        "w2": proj[2].weight.detach().cpu().numpy().astype(np.float32),
-        "b2": proj[2].bias.detach().cpu().numpy().astype(np.float32),
-    }
 
 
 def save_text_side(path: str | Path, text: TextSide) -> None:
@@ -80,7 +78,8 @@ def save_text_side(path: str | Path, text: TextSide) -> None:
                 weights=np.array(text.weights),
                 templates=np.array(text.templates),
                 checkpoint_sha256=np.array(text.checkpoint_sha256),
-                **{f"projection_{k}": v for k, v in text.projection.items()},
+                projection_kind=np.array(text.projection["kind"]),
+                **{f"projection_{k}": np.asarray(text.projection[k]) for k in PROJECTION_KEYS[text.projection["kind"]]},
             )
 
 
@@ -91,18 +90,25 @@ def load_text_side(path: str | Path, classes=None) -> TextSide:
 
     path = Path(path)
     hint = "rerun the 'text' stage"
-    projection = tuple(f"projection_{k}" for k in ("w1", "b1", "w2", "b2"))
-    z = read_npz(path, TextCacheError, hint,
-                 ("classes", "class_embeddings", "logit_scale", "weights", "templates", "checkpoint_sha256") + projection)
+    base = ("classes", "class_embeddings", "logit_scale", "weights", "templates", "checkpoint_sha256", "projection_kind")
+    z = read_npz(path, TextCacheError, hint, base)
+    kind = str(z["projection_kind"])
+    if kind not in PROJECTION_KEYS:
+        raise TextCacheError(f"{path}: projection_kind {kind!r} is none of {', '.join(PROJECTION_KEYS)}; {hint}")
+    projection = tuple(f"projection_{k}" for k in PROJECTION_KEYS[kind])
+    z = read_npz(path, TextCacheError, hint, base + projection)
     check_finite(path, z, TextCacheError, hint, ("class_embeddings", "logit_scale") + projection)
     if z["class_embeddings"].ndim != 2 or len(z["class_embeddings"]) != len(z["classes"]):
         raise TextCacheError(f"{path}: 'class_embeddings' has shape {z['class_embeddings'].shape} for "
                              f"{len(z['classes'])} classes; {hint}")
+    arrays = {k: z[f"projection_{k}"].astype(np.float32) for k in PROJECTION_KEYS[kind]}
+    if "ln_eps" in arrays:
+        arrays["ln_eps"] = float(arrays["ln_eps"])
     text = TextSide(
         classes=[str(c) for c in z["classes"]],
         class_embeddings=z["class_embeddings"].astype(np.float32),
         logit_scale=float(z["logit_scale"]),
-        projection={k: z[f"projection_{k}"].astype(np.float32) for k in ("w1", "b1", "w2", "b2")},
+        projection={"kind": kind, **arrays},
         weights=str(z["weights"]),
         templates=[str(t) for t in z["templates"]],
         checkpoint_sha256=str(z["checkpoint_sha256"]),
@@ -115,26 +121,35 @@ def load_text_side(path: str | Path, classes=None) -> TextSide:
 class FrozenHead(nn.Module):
     """Frozen CLAP head split at the first linear layer.
 
-    `pre(embedding)` is the first linear layer; `forward(pre)` finishes the projection
-    (ReLU, second linear), normalises and scores against the class vectors. Splitting
-    here lets ResiDual add its correction after the first layer: (e + c)W₁ᵀ = eW₁ᵀ + cW₁ᵀ.
+    `pre(embedding)` is the first linear layer; `output(pre)` finishes the family's projection
+    (LAION: ReLU, second linear; MS-CLAP: GELU, second linear, plus `pre`, LayerNorm), `audio_embed`
+    normalises it and `forward(pre)` scores it against the class vectors. Splitting here lets
+    ResiDual add its correction after the first layer: (e + c)W₁ᵀ = eW₁ᵀ + cW₁ᵀ.
     """
 
     def __init__(self, text: TextSide):
         super().__init__()
         p = text.projection
-        self.register_buffer("w1", torch.from_numpy(p["w1"]))
-        self.register_buffer("b1", torch.from_numpy(p["b1"]))
-        self.register_buffer("w2", torch.from_numpy(p["w2"]))
-        self.register_buffer("b2", torch.from_numpy(p["b2"]))
+        self.kind = p["kind"]
+        for k in PROJECTION_KEYS[self.kind]:
+            if k != "ln_eps":
+                self.register_buffer(k, torch.as_tensor(np.asarray(p[k], dtype=np.float32)))
+        self.ln_eps = float(p.get("ln_eps", 0.0))
         self.register_buffer("classes", torch.from_numpy(text.class_embeddings))
         self.scale = float(text.logit_scale)
 
     def pre(self, embedding: torch.Tensor) -> torch.Tensor:
         return F.linear(embedding, self.w1, self.b1)
 
+    def output(self, pre: torch.Tensor) -> torch.Tensor:
+        """The projection's output before normalisation, from its first layer's."""
+        if self.kind == "msclap":
+            x = pre + F.linear(F.gelu(pre), self.w2)
+            return F.layer_norm(x, x.shape[-1:], self.ln_w, self.ln_b, self.ln_eps)
+        return F.linear(F.relu(pre), self.w2, self.b2)
+
     def audio_embed(self, pre: torch.Tensor) -> torch.Tensor:
-        return F.normalize(F.linear(F.relu(pre), self.w2, self.b2), dim=-1)
+        return F.normalize(self.output(pre), dim=-1)
 
     def logits_from_audio(self, audio: torch.Tensor) -> torch.Tensor:
         return self.scale * audio @ self.classes.T

@@ -27,10 +27,10 @@ from .training import TrainConfig, evaluate, train_grid, trainable_count
 
 
 def output_embedding(text, embedding: np.ndarray) -> torch.Tensor:
-    """CLAP's 512-d audio embedding before normalisation, from pooled 768-d embeddings."""
+    """CLAP's joint-space audio embedding before normalisation, from pooled 768-d embeddings."""
     head = FrozenHead(text)
     with torch.no_grad():
-        return F.linear(F.relu(head.pre(torch.from_numpy(np.asarray(embedding, dtype=np.float32)))), head.w2, head.b2)
+        return head.output(head.pre(torch.from_numpy(np.asarray(embedding, dtype=np.float32))))
 
 
 CHUNK, EVAL_BATCH = 256, 4096  # clips per first-layer product and per scoring pass (as `training.evaluate`)

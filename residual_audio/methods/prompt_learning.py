@@ -2,14 +2,15 @@
 
 The words of the first zero-shot template before the class name ("This is a sound of")
 become learnable context vectors shared by all classes; only they train (n_ctx × 768
-numbers), through the model's frozen RoBERTa and text projection. They start from the
+numbers), through the model's frozen text encoder (LAION's RoBERTa, MS-CLAP's GPT-2) and text
+projection. They start from the
 template's own word embeddings, so the untrained prompts give exactly the zero-shot class
 vectors. Recipe (CoOp's): SGD lr 0.002, momentum 0.9, weight decay 5e-4, cosine schedule
 over the epochs after one warm-up epoch at lr 1e-5, batch 32, cross-entropy on the scaled
 logits; 50 epochs at 1 shot, 100 at 2–4, 200 from 8 (`prompt_learning.epochs: coop`), no
-validation. Padding is cut off the prompts: it is masked out of attention and position ids
-are taken from the full token ids, so the text vectors are unchanged and every step costs
-the prompt's length, not 77 tokens.
+validation. Padding is cut off the prompts: it is masked out of attention, RoBERTa's position
+ids and GPT-2's pooling position are taken from the full token ids, so the text vectors are
+unchanged and every step costs the prompt's length, not 77 tokens.
 """
 
 from __future__ import annotations
@@ -20,30 +21,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.params import ParamError, get
-from ..models.checkpoints import tokenize
+from ..models.checkpoints import content_ids, prompt_start, text_features, tokenize, word_embeddings
 from .base import Estimator, FoldData, register
 from .tip_adapter import audio_and_zeroshot
 
 LR, MOMENTUM, WEIGHT_DECAY, BATCH = 0.002, 0.9, 5e-4, 32
 WARMUP_EPOCHS, WARMUP_LR = 1, 1e-5
-PAD_ID = 1  # roberta-base <pad>
-
-
 def coop_epochs(shots: int) -> int:
     """CoOp's epochs for a k-shot training set (50 / 100 / 200)."""
     return 50 if shots <= 1 else 100 if shots <= 4 else 200
 
 
-def position_ids(input_ids: torch.Tensor) -> torch.Tensor:
-    """RoBERTa's position ids from token ids (padding keeps the padding index), as
-    `RobertaEmbeddings` computes them from `input_ids`; given explicitly, because from
-    `inputs_embeds` alone it cannot tell padding apart."""
-    mask = input_ids.ne(PAD_ID).long()
-    return torch.cumsum(mask, dim=1) * mask + PAD_ID
-
-
 class ContextPrompts(nn.Module):
-    """Class prompts <s> [ctx_1 … ctx_n] <class name tokens> <rest of template> </s>.
+    """Class prompts [ctx_1 … ctx_n] <class name tokens> <rest of template>, within the family's special
+    tokens (LAION: <s> … </s>; MS-CLAP: … <|endoftext|>).
 
     The frozen text branch and projection are held by reference (not as submodules), so
     the module's parameters are the context vectors only."""
@@ -53,34 +44,34 @@ class ContextPrompts(nn.Module):
         if "{label}" not in template:
             raise ParamError(f"params: 'zeroshot.templates' first template {template!r} has no '{{label}}' placeholder")
         prefix = template.split("{label}", 1)[0].rstrip()
-        prefix_ids = tok(prefix)["input_ids"][1:-1] if prefix else []
+        prefix_ids = content_ids(model, tok, prefix)
         if not prefix_ids:
             raise ParamError(f"params: 'zeroshot.templates' first template {template!r} has no words before the "
                              "class name; prompt learning learns those words")
-        tokens = tokenize(tok, [template.format(label=c.replace("_", " ")) for c in classes])
+        tokens = tokenize(model, tok, [template.format(label=c.replace("_", " ")) for c in classes])
         ids, mask = tokens["input_ids"], tokens["attention_mask"]
-        n_ctx = len(prefix_ids)
-        if not bool((ids[:, 1:1 + n_ctx] == torch.tensor(prefix_ids)).all()):
+        n_ctx, start = len(prefix_ids), prompt_start(model)
+        if not bool((ids[:, start:start + n_ctx] == torch.tensor(prefix_ids)).all()):
             raise ParamError(f"params: 'zeroshot.templates' first template {template!r}: the words before the class "
                              "name do not tokenize the same way in every class prompt")
         length = int(mask.sum(1).max())  # padding beyond the longest prompt is cut off (masked anyway)
-        self.n_ctx = n_ctx
-        self._frozen = (model.text_branch, model.text_projection)
-        words = model.text_branch.embeddings.word_embeddings
+        self.n_ctx, self.start = n_ctx, start
+        self._frozen = (model, model.text_projection)
+        words = word_embeddings(model)
         with torch.no_grad():
             self.register_buffer("token_embeds", words(ids[:, :length]).detach().clone())
             init = words.weight[torch.tensor(prefix_ids)].detach().clone()
         self.register_buffer("mask", mask[:, :length].clone())
-        self.register_buffer("positions", position_ids(ids)[:, :length].clone())
+        self.register_buffer("ids", ids.clone())  # the full ids: position ids and pooling position
         self.ctx = nn.Parameter(init)  # [n_ctx, 768]
 
     def forward(self) -> torch.Tensor:
-        """Normalised 512-d class vectors [C, 512] for the current context."""
-        branch, projection = self._frozen
-        c = len(self.token_embeds)
-        x = torch.cat([self.token_embeds[:, :1], self.ctx.unsqueeze(0).expand(c, -1, -1),
-                       self.token_embeds[:, 1 + self.n_ctx:]], dim=1)
-        out = branch(inputs_embeds=x, attention_mask=self.mask, position_ids=self.positions)["pooler_output"]
+        """Normalised joint-space class vectors [C, joint] for the current context."""
+        model, projection = self._frozen
+        c, a, b = len(self.token_embeds), self.start, self.start + self.n_ctx
+        x = torch.cat([self.token_embeds[:, :a], self.ctx.unsqueeze(0).expand(c, -1, -1),
+                       self.token_embeds[:, b:]], dim=1)
+        out = text_features(model, self.ids[:, :x.shape[1]], self.mask, inputs_embeds=x)
         return F.normalize(projection(out), dim=-1)
 
 

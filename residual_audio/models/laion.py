@@ -52,6 +52,9 @@ SPECIAL_TOKENS = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 50264}
 PROBE = ("This is a sound of dog.", [0, 713, 16, 10, 2369, 9, 2335, 4, 2])
 CONTEXT_LENGTH = 77
 PROMPT = "This is a sound of {label}"  # LAION-CLAP's ESC-50 zero-shot prompt (no period)
+FAMILY = "laion"
+TOKENIZER_BASE_URL = "https://huggingface.co/roberta-base/resolve/main/"  # roberta-base vocab.json + merges.txt
+PROMPT_START = 1  # a prompt's first word follows <s>
 
 # HTS-AT variants: audio width after the last stage tells them apart in a checkpoint.
 VARIANTS = {
@@ -206,7 +209,11 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
-    raw = safe_load(path, mmap=mmap)
+    return state_of(safe_load(path, mmap=mmap), path)
+
+
+def state_of(raw, path) -> dict:
+    """The cleaned LAION-CLAP state dict of a loaded checkpoint file `raw` (see read_checkpoint)."""
     state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
     if not isinstance(state, dict) or not state:
         raise CheckpointError(f"{path}: no state_dict found; not a LAION-CLAP checkpoint")
@@ -242,13 +249,14 @@ def check_finite_weights(state: dict, path) -> None:
             raise CheckpointError(f"{path}: weight {key!r} holds NaN or inf")
 
 
-def load_file(checkpoint: str | os.PathLike, variant: str | None = None, seed: int = 0):
-    """Build the model and load the weights of an official LAION-CLAP checkpoint file.
+def load_file(checkpoint: str | os.PathLike, variant: str | None = None, seed: int = 0, state: dict | None = None):
+    """Build the model and load the weights of an official LAION-CLAP checkpoint file (`state`:
+    its state dict, when already read).
 
     Loading is strict: every key of the model must come from the file and vice versa.
     (`checkpoints.load_model` takes any checkpoint: a LAION file, a ClapModel folder or 'random'.)
     """
-    state = read_checkpoint(checkpoint)
+    state = read_checkpoint(checkpoint) if state is None else state
     check_finite_weights(state, checkpoint)
     found = variant_of(state, checkpoint)
     if variant is not None and variant != found:
@@ -286,32 +294,41 @@ def save_checkpoint(model, path: str | os.PathLike, with_position_ids: bool = Tr
 # --------------------------------------------------------------------------- tokenizer
 
 
-def load_tokenizer(directory: str | os.PathLike):
-    """The roberta-base BPE tokenizer from explicit `vocab.json` + `merges.txt` files.
+def read_bpe_files(directory: str | os.PathLike, error=None) -> tuple[dict, list]:
+    """The vocabulary and merge rules of a byte-level BPE tokenizer, read from explicit `vocab.json` +
+    `merges.txt` files (`error`: the exception type raised, TokenizerError by default).
 
-    ``RobertaTokenizer.from_pretrained`` offline silently gives a 5-token tokenizer, and
-    transformers 5 silently ignores ``vocab_file=``/``merges_file=``; the vocabulary and
-    merges are therefore read here and handed over as objects, and the result is checked.
-    """
-    from transformers import RobertaTokenizer
-
+    ``from_pretrained`` offline silently gives a 5-token tokenizer, and transformers 5 silently
+    ignores ``vocab_file=``/``merges_file=``; the files are therefore read here and handed over as
+    objects, and each family checks the tokenizer it builds from them."""
+    error = error or TokenizerError
     directory = Path(directory)
     vocab_path, merges_path = directory / "vocab.json", directory / "merges.txt"
     for p in (vocab_path, merges_path):
         if not p.is_file():
-            raise TokenizerError(f"{p}: tokenizer file not found")
+            raise error(f"{p}: tokenizer file not found")
     try:
         vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise TokenizerError(f"{vocab_path}: not valid JSON ({exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{vocab_path}: not valid JSON ({exc})") from None
+    if not isinstance(vocab, dict):
+        raise error(f"{vocab_path}: not a token-to-id mapping")
     merges = []
     for line in merges_path.read_text(encoding="utf-8").splitlines():
         if line.startswith("#version") or not line.strip():
             continue
         parts = line.split()
         if len(parts) != 2:
-            raise TokenizerError(f"{merges_path}: malformed merge rule {line!r}")
+            raise error(f"{merges_path}: malformed merge rule {line!r}")
         merges.append(tuple(parts))
+    return vocab, merges
+
+
+def load_tokenizer(directory: str | os.PathLike):
+    """The roberta-base BPE tokenizer from explicit `vocab.json` + `merges.txt` files, checked."""
+    from transformers import RobertaTokenizer
+
+    vocab, merges = read_bpe_files(directory)
     tok = RobertaTokenizer(vocab=vocab, merges=merges)
     check_tokenizer(tok, directory)
     return tok
@@ -336,26 +353,50 @@ def tokenize(tok, texts: list[str]) -> dict:
     return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
 
 
+def content_ids(tok, text: str) -> list[int]:
+    """The token ids of `text` without the special tokens around it."""
+    return tok(text)["input_ids"][1:-1] if text else []
+
+
+def word_embeddings(model):
+    """The text encoder's token embedding table."""
+    return model.text_branch.embeddings.word_embeddings
+
+
+def position_ids(input_ids: torch.Tensor) -> torch.Tensor:
+    """RoBERTa's position ids from token ids (padding keeps the padding index), as `RobertaEmbeddings`
+    computes them from `input_ids`; given explicitly, because from `inputs_embeds` alone it cannot tell
+    padding apart."""
+    pad = ROBERTA_BASE["pad_token_id"]
+    mask = input_ids.ne(pad).long()
+    return torch.cumsum(mask, dim=1) * mask + pad
+
+
+def text_features(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, inputs_embeds=None) -> torch.Tensor:
+    """RoBERTa's pooled output, [B, 768] (`inputs_embeds` replace the token embeddings)."""
+    if inputs_embeds is None:
+        return model.text_branch(input_ids=input_ids, attention_mask=attention_mask)["pooler_output"]
+    return model.text_branch(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                             position_ids=position_ids(input_ids).to(inputs_embeds.device))["pooler_output"]
+
+
 @torch.no_grad()
 def text_embedding(model, tokens: dict) -> torch.Tensor:
     """Normalised 512-d joint-space embeddings of tokenised texts."""
     device = next(model.parameters()).device
-    out = model.text_branch(
-        input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
-    )["pooler_output"]
+    out = text_features(model, tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
     return F.normalize(model.text_projection(out), dim=-1)
 
 
-def class_embeddings(model, tok, labels: list[str], templates=(PROMPT,)) -> torch.Tensor:
-    """Zero-shot class vectors: each template filled with the label (underscores as spaces),
-    embedded and normalised, averaged over templates, normalised again. Shape [classes, 512]."""
-    from ..core.logs import progress
+def projection_weights(model) -> dict:
+    """LAION's audio projection (Linear 768→512, ReLU, Linear 512→512), kind 'laion', for the text side."""
+    return mlp_weights(model.audio_projection)
 
-    per_template = []
-    for template in progress(list(templates), desc="text (templates)", unit="template"):
-        texts = [template.format(label=label.replace("_", " ")) for label in labels]
-        per_template.append(text_embedding(model, tokenize(tok, texts)))
-    return F.normalize(torch.stack(per_template).mean(0), dim=-1)
+
+def mlp_weights(proj) -> dict:
+    """The arrays of a Linear–ReLU–Linear projection (nn.Sequential), kind 'laion'."""
+    return {"kind": FAMILY, **{k: t.detach().cpu().float().numpy() for k, t in (
+        ("w1", proj[0].weight), ("b1", proj[0].bias), ("w2", proj[2].weight), ("b2", proj[2].bias))}}
 
 
 def logit_scale(model) -> float:
@@ -396,13 +437,47 @@ class MelFrontEnd(torch.nn.Module):
     def from_file(cls, checkpoint: str | os.PathLike) -> "MelFrontEnd":
         """The front end held in an official LAION-CLAP checkpoint file (its frozen STFT/mel weights)."""
         state = read_checkpoint(checkpoint)
-        front = cls(model_config(variant_of(state, checkpoint))["audio_cfg"])
+        return cls.from_state(state, model_config(variant_of(state, checkpoint))["audio_cfg"], checkpoint)
+
+    @classmethod
+    def from_state(cls, state: dict, audio_cfg: dict, source) -> "MelFrontEnd":
+        """The front end of `audio_cfg` with the frozen STFT/mel weights of a state dict in LAION's names."""
+        front = cls(audio_cfg)
         own = {k: state[cls.PREFIX + k] for k in front.state_dict() if cls.PREFIX + k in state}
         try:
             front.load_state_dict(own, strict=True)
         except RuntimeError as exc:
-            raise CheckpointError(f"{checkpoint}: mel extractor weights do not match the audio settings: {exc}") from None
+            raise CheckpointError(f"{source}: mel extractor weights do not match the audio settings: {exc}") from None
         return front
+
+    # The waveform the front end expects. LAION's config has one rate for the audio and the mel bank;
+    # a family whose bank was made for another rate (MS-CLAP) gives `audio_rate` apart.
+    @property
+    def audio_rate(self) -> int:
+        """Sample rate (Hz) of the waveform fed to the front end."""
+        return int(self.audio_cfg.get("audio_rate", self.audio_cfg["sample_rate"]))
+
+    @property
+    def clip_samples(self) -> int:
+        """Samples of one model-ready clip."""
+        return int(self.audio_cfg["clip_samples"])
+
+    @property
+    def fill(self) -> str:
+        """How a shorter clip is made clip_samples long: 'repeatpad' (whole repeats, then zeros: LAION)
+        or 'repeat' (repeated and cut: MS-CLAP)."""
+        return str(self.audio_cfg.get("fill", "repeatpad"))
+
+    @property
+    def quantize(self) -> bool:
+        """Whether the waveform goes through LAION's int16 round trip first."""
+        return bool(self.audio_cfg.get("quantize", True))
+
+    def settings(self) -> dict:
+        """The audio settings a mel store records."""
+        keys = ("sample_rate", "window_size", "hop_size", "mel_bins", "fmin", "fmax", "clip_samples")
+        return {**{k: self.audio_cfg[k] for k in keys}, "audio_rate": self.audio_rate, "fill": self.fill,
+                "quantize": self.quantize}
 
     @classmethod
     def of(cls, model) -> "MelFrontEnd":
@@ -413,7 +488,7 @@ class MelFrontEnd(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        """[B, 480000] waveform -> [B, 1001, 64] log-mel."""
+        """[B, clip_samples] waveform -> [B, frames, mels] log-mel (LAION: [B, 480000] -> [B, 1001, 64])."""
         x = self.spectrogram_extractor(waveform)
         return self.logmel_extractor(x)[:, 0]
 

@@ -15,7 +15,14 @@ from ..data.paths import HEADS_DIR, MEL_DIR, MODELS_DIR
 from ..data.units import read_units
 from ..evaluation.zeroshot import TextCacheError
 from ..methods.residual.inject import read_head_outputs
-from ..models.checkpoints import checkpoint_from, load_model, load_tokenizer, mel_fingerprint
+from ..models.checkpoints import (
+    checkpoint_from,
+    identity_file,
+    load_model,
+    load_tokenizer,
+    mel_fingerprint,
+    own_tokenizer,
+)
 from ..models.device import resolve_device
 from ..models.hooked import HookedHTSAT
 
@@ -107,9 +114,9 @@ def _text_encoder(params: dict, text, dataset: str, store) -> dict:
     if model.weights != text.weights:
         raise TextCacheError(f"{MODELS_DIR}: {model.weights} weights, but the cached text side has {text.weights} "
                              "ones; rerun the 'text' stage")
-    if text.checkpoint_sha256 and checkpoint != "random" and sha256_file(checkpoint) != text.checkpoint_sha256:
+    if text.checkpoint_sha256 and checkpoint != "random" and sha256_file(identity_file(checkpoint)) != text.checkpoint_sha256:
         raise TextCacheError(f"{checkpoint}: not the checkpoint the cached text side was built from; rerun 'text'")
-    return {"model": model, "tokenizer": load_tokenizer(MODELS_DIR / "tokenizer")}
+    return {"model": model, "tokenizer": load_tokenizer(model, own_tokenizer(checkpoint) or MODELS_DIR / "tokenizer")}
 
 
 def _audio_encoder(params: dict, text, dataset: str, store) -> dict:

@@ -23,7 +23,7 @@ from ..core.params import get
 from ..data.mel import MelStoreError, open_mel_store
 from ..data.paths import HEADS_DIR, MEL_DIR, MODELS_DIR
 from ..data.stores import seal
-from ..models.checkpoints import identity_file, load_model, mel_fingerprint, resolve_checkpoint
+from ..models.checkpoints import identity_file, joint_dim, load_model, mel_fingerprint, resolve_checkpoint
 from ..models.decompose import DirectDecomposition, head_rows, pooled_head_outputs, unit_names
 from ..models.device import resolve_device
 from ..models.hooked import HookedHTSAT
@@ -53,7 +53,7 @@ class HeadExtractor:
         """Per-clip shape of every array, in storage order."""
         a = self.arch
         n_stages = len(a.depths)
-        shapes = {"embedding": (a.widths[-1],), "audio_embed": (self.hooked.model.audio_projection[-1].out_features,)}
+        shapes = {"embedding": (a.widths[-1],), "audio_embed": (joint_dim(self.hooked.model),)}
         if "pre" in self.regimes:
             shapes["heads/pre"] = (a.n_heads, a.head_dim)
         if "post" in self.regimes:
@@ -207,6 +207,7 @@ def extract(model, mel_path, out_path, *, batch_size: int = 16, device: str = "a
     n = mel.shape[0]
     attrs = {
         "dataset": source.attrs.get("dataset", mel_path.stem),
+        "family": getattr(model, "family", "laion"),
         "variant": getattr(model, "variant", None),
         "checkpoint_sha256": checkpoint_sha256,
         "weights": getattr(model, "weights", "pretrained"),

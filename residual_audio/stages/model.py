@@ -10,12 +10,14 @@ from ..data.fetch import (
     OFFICIAL_CHECKPOINTS,
     OFFICIAL_SHA256,
     OFFLINE_HINTS,
+    REFUSED_CHECKPOINTS,
     NetworkError,
     _against,
     check_local_sources,
     fetch_model,
 )
 from ..data.paths import MODELS_DIR
+from ..models.checkpoints import FAMILIES, default_tokenizer
 
 
 def run(params: dict, workdir: str | os.PathLike = ".") -> dict:
@@ -24,6 +26,8 @@ def run(params: dict, workdir: str | os.PathLike = ".") -> dict:
     workdir = Path(workdir)
     checkpoint = get(params, "model.checkpoint")
     checkpoint_sha256 = get(params, "model.checkpoint_sha256")
+    if isinstance(checkpoint, str) and checkpoint in REFUSED_CHECKPOINTS and not (workdir / checkpoint).exists():
+        raise ParamError(f"params: 'model.checkpoint' {checkpoint}: {REFUSED_CHECKPOINTS[checkpoint]}")
     if isinstance(checkpoint, str) and checkpoint in OFFICIAL_CHECKPOINTS and not (workdir / checkpoint).exists():
         published = OFFICIAL_SHA256.get(checkpoint)
         if published and checkpoint_sha256 and str(checkpoint_sha256).lower() != published:
@@ -37,5 +41,7 @@ def run(params: dict, workdir: str | os.PathLike = ".") -> dict:
     try:
         return fetch_model(checkpoint, tokenizer, workdir / MODELS_DIR, checkpoint_sha256)
     except NetworkError as exc:
-        key = "tokenizer" if tokenizer and str(tokenizer).rstrip("/") in str(exc) else "checkpoint"
+        urls = ([default_tokenizer(f) for f in FAMILIES] if str(tokenizer).strip().lower() == "auto"
+                else [str(tokenizer)] if tokenizer else [])
+        key = "tokenizer" if any(u.rstrip("/") in str(exc) for u in urls) else "checkpoint"
         raise NetworkError(f"model.{key}: {exc}; {OFFLINE_HINTS[key]}") from None

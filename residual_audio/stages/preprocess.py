@@ -21,7 +21,7 @@ from zarr.codecs import ZstdCodec
 
 from ..core import logs
 from ..core.io import atomic_path
-from ..core.params import get
+from ..core.params import ParamError, get
 from ..data import audio, datasets
 from ..data.fetch import original_source
 from ..data.paths import MEL_DIR, MODELS_DIR, RAW_DIR
@@ -78,6 +78,7 @@ def preprocess(
     batch_size: int = 16,
     shard_clips: int = 64,
     attrs: dict | None = None,
+    family: str = "laion",
     progress: bool = True,
     min_seconds: float = audio.MIN_SECONDS,
     origin=None,
@@ -89,12 +90,16 @@ def preprocess(
     file loaded and resampled as LAION's `get_audio_embedding_from_filelist` does)."""
     if front_end not in FRONT_ENDS:
         raise ValueError(f"front_end must be one of {FRONT_ENDS}, not {front_end!r}")
+    if front_end == "laion_api" and (front.audio_rate, front.clip_samples) != (audio.SAMPLE_RATE, audio.CLIP_SAMPLES):
+        raise ParamError(f"params: 'preprocess.front_end' is laion_api, which loads audio as LAION's API does "
+                         f"({audio.SAMPLE_RATE} Hz, 10 s), but this model's front end takes {front.audio_rate} Hz, "
+                         f"{front.clip_samples} samples; use 'exact'")
     if not clips:
         raise ValueError(f"{dataset}: no clips to preprocess")
     store_path, table_path = Path(store_path), Path(table_path)
     timings = defaultdict(float)
     n = len(clips)
-    frames, mels = front(torch.zeros(1, audio.CLIP_SAMPLES)).shape[1:]
+    frames, mels = front(torch.zeros(1, front.clip_samples)).shape[1:]
     infos = []
     with atomic_path(store_path) as tmp_store, atomic_path(table_path) as tmp_table:
         group = zarr.open_group(tmp_store, mode="w", zarr_format=3)
@@ -115,13 +120,14 @@ def preprocess(
                         audio.check_duration(clip.path, len(x), sr, min_seconds)
                         infos.append({"orig_sr": sr, "duration": len(x) / sr})
                         t1 = time.perf_counter()
-                        x = audio.load_laion_api(clip.path) if front_end == "laion_api" else audio.resample(x, sr)
-                        x = audio.check_audible(clip.path, audio.quantize_int16(x))
+                        x = (audio.load_laion_api(clip.path) if front_end == "laion_api"
+                             else audio.resample(x, sr, front.audio_rate))
+                        x = audio.check_audible(clip.path, audio.quantize_int16(x) if front.quantize else x)
                     except audio.AudioError as exc:
                         if origin is None:
                             raise
                         raise audio.AudioError(str(exc).replace(str(clip.path), origin(clip.path), 1)) from None
-                    x = audio.fit_length(x, audio.CLIP_SAMPLES, crop)
+                    x = audio.fit_length(x, front.clip_samples, crop, front.fill)
                     t2 = time.perf_counter()
                     timings["decode"] += t1 - t0
                     timings["resample"] += t2 - t1
@@ -142,9 +148,10 @@ def preprocess(
             "classes": list(classes),
             "mel_sha256": front.fingerprint(),
             "weights": weights,
-            "audio": {k: front.audio_cfg[k] for k in ("sample_rate", "window_size", "hop_size", "mel_bins", "fmin", "fmax", "clip_samples")},
+            "family": family,
+            "audio": front.settings(),
             "crop": crop,
-            "fill": "repeatpad",
+            "fill": front.fill,
             "front_end": front_end,
         }
         if weights == "random":
@@ -173,6 +180,7 @@ def run(params: dict, name: str, workdir: str | Path = ".") -> Path:
     checkpoint = checkpoint_from(workdir / MODELS_DIR)
     variant = get(params, "model.variant")
     front = checkpoints.front_end(checkpoint, variant)
+    family = checkpoints.family_of(checkpoint)
     weights = "random" if checkpoint == "random" else "pretrained"
     out = workdir / MEL_DIR
     used = {"dataset": name, "limit": limit, "seed": seed, "crop": crop, "min_seconds": min_seconds,
@@ -182,7 +190,7 @@ def run(params: dict, name: str, workdir: str | Path = ".") -> Path:
     raw = workdir / RAW_DIR / name
     timings = preprocess(clips, classes, front, out / f"{name}.zarr", out / f"{name}.csv", dataset=name,
                          weights=weights, crop=crop, front_end=front_end, batch_size=batch_size,
-                         attrs={"params": used}, min_seconds=min_seconds,
+                         attrs={"params": used}, family=family, min_seconds=min_seconds,
                          origin=lambda path: original_source(raw, path))
     total = sum(timings.values())
     print(f"preprocess: {len(clips)} clips of {name}, {len(classes)} classes; "

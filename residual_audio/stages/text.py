@@ -23,14 +23,15 @@ def run(params: dict, dataset: str) -> None:
     own = own_tokenizer(checkpoint_file)  # a ClapModel folder's own files, if it has them
     if own is None and (tokenizer is None or not str(tokenizer).strip()):
         raise ParamError(
-            "params: 'model.tokenizer' is empty: the zero-shot class vectors need the roberta-base tokenizer "
+            "params: 'model.tokenizer' is empty: the zero-shot class vectors need the model's tokenizer "
             f"(vocab.json + merges.txt){', with random weights too' if checkpoint.strip().lower() == 'random' else ''}"
         )
     classes = {}
     for ds in datasets:
         classes[ds] = HeadsStore.open(HEADS_DIR / f"{ds}.zarr").classes
-    tok = load_tokenizer(own or MODELS_DIR / "tokenizer")
     model = load_model(checkpoint_file, variant)
+    tok = load_tokenizer(model, own or MODELS_DIR / "tokenizer")
+    templates = None if templates == "auto" else templates  # None: the family's own prompt
     sha = "" if random else sha256_file(identity_file(checkpoint_file))
     sides = {ds: build_text_side(model, tok, classes[ds], templates, sha) for ds in datasets}
     for ds, side in sides.items():
