@@ -63,6 +63,18 @@ def loaded(hf_folder):
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
+def _small_clapmodel():
+    """A valid ClapModel of the HTSAT-tiny family with one block per stage, one head and a one-layer
+    text tower (within `hf.BOUNDS`): about 60 MB instead of 600."""
+    from transformers import ClapConfig, ClapModel
+
+    torch.manual_seed(2)
+    config = ClapConfig(audio_config={"depths": [1, 1, 1, 1], "num_attention_heads": [1, 1, 1, 1]},
+                        text_config={"num_hidden_layers": 1, "num_attention_heads": 1, "hidden_size": 64,
+                                     "intermediate_size": 64, "vocab_size": 1000})
+    return ClapModel(config).eval()
+
+
 def _copy(folder: Path, dest: Path) -> Path:
     """A copy of a ClapModel folder whose weights file is a hard link (no second 600 MB): edit its
     config freely, but replace the weights only through `_replace_weights`."""
@@ -262,17 +274,10 @@ def test_download_places_a_local_folder_and_a_hub_repo(hf_folder, tmp_path, monk
 
     hub = tmp_path / "hub"
     repo = hub / "laion" / "clap-htsat-unfused" / "resolve" / "main"
-    repo.mkdir(parents=True)
     files = ["config.json", "model.safetensors", "pytorch_model.bin", "vocab.json", "merges.txt", "README.md"]
+    _small_clapmodel().save_pretrained(repo)  # a download is a copy: a small valid model keeps it within the disk budget
     for name in files:
-        src = hf_folder / name
-        if name == "model.safetensors":  # fetching reads the config and names, not the weights: a small file
-            from safetensors.torch import save_file
-
-            save_file({"logit_scale_a": torch.zeros(())}, str(repo / name))
-        elif src.exists():
-            shutil.copy(src, repo / name)
-        else:
+        if not (repo / name).exists():
             (repo / name).write_bytes(b"{}")
     (hub / "api" / "models" / "laion").mkdir(parents=True)
     (hub / "api" / "models" / "laion" / "clap-htsat-unfused").write_text(
@@ -282,6 +287,16 @@ def test_download_places_a_local_folder_and_a_hub_repo(hf_folder, tmp_path, monk
     got = sorted(fetched["checkpoint"]["files"])
     assert got == ["checkpoint/config.json", "checkpoint/merges.txt", "checkpoint/model.safetensors", "checkpoint/vocab.json"]
     assert hf.tokenizer_dir(tmp_path / "models" / "checkpoint") is not None
+    # the downloaded weights are loaded in full before the folder is placed: NaN weights are refused,
+    # naming the repo, and nothing is written
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(repo / "model.safetensors"))
+    state["logit_scale_a"] = torch.tensor(float("nan"))
+    save_file(state, str(repo / "model.safetensors"))
+    with pytest.raises(clap.CheckpointError, match=r"hf:laion/clap-htsat-unfused/model.safetensors: weight 'logit_scale_a' holds NaN"):
+        download.fetch_model("hf:laion/clap-htsat-unfused", None, tmp_path / "nan-out")
+    assert not (tmp_path / "nan-out").exists()
     (tmp_path / "not-clap").mkdir()
     with pytest.raises(download.DownloadError, match="not-clap holds no config.json; not a transformers ClapModel"):
         download.fetch_model(str(tmp_path / "not-clap"), None, tmp_path / "bad")

@@ -646,9 +646,9 @@ def fetch_clapmodel(source: str, dest: str | os.PathLike, sha256: str | None = N
     """Put a transformers ClapModel folder (hub repo or local folder) at `dest`; `sha256` checks the weights file.
 
     A local folder is loaded in full first (its config's sizes, its weights' names, shapes and
-    finiteness), so nothing is copied from a bad one; a hub repo's config is read after the
-    download (its weights are checked when `extract` loads them). Either way a fused, foreign or
-    absurd model stops the stage with one line naming the user's folder or repo.
+    finiteness), so nothing is copied from a bad one; a hub repo is loaded the same way once it is
+    downloaded, before the model stage places it. Either way a fused, foreign or absurd model stops
+    the stage with one line naming the user's folder or repo, and nothing is placed.
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -667,7 +667,10 @@ def fetch_clapmodel(source: str, dest: str | os.PathLike, sha256: str | None = N
         for name in names:
             fetch_file(str(folder / name), dest / name, sha256 if name in hf.WEIGHT_FILES else None, "model.checkpoint")
     try:
-        hf.read_config(dest)
+        if str(source).startswith(hf.HUB_PREFIX):
+            hf.load(dest)  # the downloaded repo in full (config sizes, weights' names, shapes, finite values)
+        else:
+            hf.read_config(dest)
     except CheckpointError as exc:  # name what the user gave, not the temporary copy
         raise CheckpointError(str(exc).replace(str(dest), str(source))) from None
     return names
