@@ -408,6 +408,7 @@ def run(
     summary = metrics_summary(table, stores)
     summary["params"] = {"regimes": list(regimes), "mle_k": mle_k, "twonn_discard": twonn_discard, "duplicate_rtol": duplicate_rtol}
     summary["entropy_vs_pca99_spearman"] = {f"{d}/{r}": round(s.entropy_rho, 6) for (d, r), s in special.items()}
+    summary["environment"] = {s.dataset: _environment(s) for s in stores}
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
@@ -436,6 +437,17 @@ def run(
 
 
 HEADLINE_METRICS = ("pca99", "twonn")  # what `dvc metrics show` / `dvc exp show` carry per regime and stage
+
+
+def _environment(store: HeadStore) -> dict:
+    """The environment of one dataset's geometry (computed on the CPU), with its clips' and model's hashes."""
+    from ..core.environment import clips_sha256, environment
+
+    g = store.group
+    ids = [str(c) for c in g["clip_id"][:]] if "clip_id" in g else range(len(store.label))
+    return environment("cpu", dataset=store.dataset, clips_sha256=clips_sha256(ids, store.label, g["fold"][:]),
+                       checkpoint_sha256=str(g.attrs.get("checkpoint_sha256", "")), family=str(g.attrs.get("family", "laion")),
+                       weights=store.weights)
 
 
 def headline_metrics(summary: dict) -> dict:

@@ -39,6 +39,7 @@ class UnitStore:
     checkpoint_sha256: str = ""
     audio_embed: np.ndarray | None = None
     attrs: dict = field(default_factory=dict)
+    clip_id: np.ndarray | None = None  # [N] str, when the store has its clip ids
 
     @property
     def n(self) -> int:
@@ -93,4 +94,5 @@ def read_units(path: str | Path, check_sum: bool = True, atol: float = 1e-4, fin
         checkpoint_sha256=str(attrs.get("checkpoint_sha256", "")),
         audio_embed=audio_embed,
         attrs=attrs,
+        clip_id=store.clip_id,
     )

@@ -13,7 +13,7 @@ from ..data.units import parse_unit
 from ..evaluation.protocol import Split
 from ..evaluation.tasks import task_of
 from ..methods.residual.inject import read_head_outputs
-from .common import FoldParams, _encoder, _mel_store, _store, _weights
+from .common import FoldParams, _encoder, _mel_store, _store, _weights, result_environment
 
 
 @dataclass(frozen=True)
@@ -70,11 +70,13 @@ def run(params: dict, dataset: str, geometry: str | Path = "plots/geometry/heads
             "block_drop": {"max": float(blocks["drop"].max()), "top": blocks.nlargest(3, "drop")["unit"].tolist()},
             "fisher": fisher_correlation(table, geo, ds) if geo is not None else {},
         }
+        metrics[ds]["environment"] = result_environment(store)  # direct ablation runs on the CPU
         why = _undefined(heads["drop"], geo, metrics[ds]["fisher"], geometry)
         if why:
             metrics[ds]["notes"] = why
         if q.total:
-            table, model_weights = _total_ablation(ds, variant, q, splits, text, table)
+            table, model_weights, device = _total_ablation(ds, variant, q, splits, text, table)
+            metrics[ds]["environment"] = result_environment(store, device)
             if model_weights == "random":
                 metrics[ds]["weights"] = "random"
             total = table[table.kind == "head"].dropna(subset=["total_drop"])
@@ -103,4 +105,4 @@ def _total_ablation(ds: str, variant: str | None, q: AblationParams, splits: lis
                            q.batch_size, device, heads=chosen)
     merged = table.merge(total[["stage", "block", "head", "kind", "total_accuracy", "total_drop", "total_drop_std"]],
                          on=["kind", "stage", "block", "head"], how="left")
-    return merged, getattr(hooked.model, "weights", "")
+    return merged, getattr(hooked.model, "weights", ""), str(device)

@@ -95,6 +95,16 @@ def _encoder(ds: str, mel_store, variant, device: str, device_key: str):
     return HookedHTSAT(model.to(device)), device
 
 
+def result_environment(store, device: str = "cpu") -> dict:
+    """The environment a result of `store`'s dataset is made in, with the hashes of its clips and model."""
+    from ..core.environment import clips_sha256, environment
+
+    ids = store.clip_id if store.clip_id is not None else np.arange(store.n)
+    return environment(device, dataset=store.attrs.get("dataset"), clips_sha256=clips_sha256(ids, store.label, store.fold),
+                       checkpoint_sha256=store.checkpoint_sha256, family=store.attrs.get("family", "laion"),
+                       weights=store.weights)
+
+
 def _weights(store, text) -> str:
     """'random' if either the extraction or the text side came from random weights."""
     return "random" if "random" in (store.weights, text.weights) else store.weights

@@ -118,7 +118,7 @@ def run(params: dict, dataset: str, results_dir: Path = RESULTS_DIR) -> str:
     `dvc metrics diff` compare: accuracy mean and std over folds, trainable parameters, weights; one
     row per method), metrics/<dataset>/alignment.json (the same for every method in one file),
     plots/alignment/<dataset>/methods/<method>.json
-    (per fold details) and plots/alignment/<dataset>/ (folds, learning curves, per-class recall,
+    (per fold details, and the environment the method was trained in) and plots/alignment/<dataset>/ (folds, learning curves, per-class recall,
     λ tables and figures under lambda/).
     """
     from ..core.logs import progress
@@ -134,7 +134,7 @@ def run(params: dict, dataset: str, results_dir: Path = RESULTS_DIR) -> str:
         scores = task.fold_scores(res["logits"], res["labels"], res["fold_of"], len(folds))
         block = al.metric_block(scores, res["params"], str(res["weights"]), folds)
         weights.add(block["weights"])
-        details[method] = dict(block, dataset=dataset)
+        details[method] = dict(block, dataset=dataset, environment=res["meta"].get("environment"))
         headline[method] = {"accuracy": round(block["accuracy"]["mean"], 6), "std": round(block["accuracy"]["std"], 6),
                             "params": block["params"]}
         for i, f in enumerate(folds):

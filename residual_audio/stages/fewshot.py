@@ -28,7 +28,7 @@ from ..evaluation.results import load_results
 from ..evaluation.tasks import Classification, task_of
 from ..evaluation.zeroshot import zeroshot_logits
 from ..methods import REGISTRY, FoldData, build, check_names
-from .common import ENCODER, VALIDATION, _store, _weights, method_context
+from .common import ENCODER, VALIDATION, _store, _weights, method_context, result_environment
 
 FEWSHOT_PLOTS = PLOTS_DIR / "fewshot"
 
@@ -184,7 +184,8 @@ def fewshot_dataset(params: dict, dataset: str, metrics_path: Path | None = None
     zs = [task.accuracy(zeroshot_logits(store.embedding[s.test], text), store.label[s.test]) for s in splits]
     full_x = float(np.mean([len(s.train_all) / len(np.unique(store.label)) for s in splits]))
     curves, notes = [], []
-    metrics = {"weights": weights, "accuracy": {}}
+    metrics = {"weights": weights, "accuracy": {},
+               "environment": result_environment(store, str(context.get("device", "cpu")))}
     for method in methods:
         per = runs[runs.method == method]
         metrics["accuracy"][method] = {}

@@ -14,7 +14,7 @@ from ..evaluation.live import TrainingLog
 from ..evaluation.live import enabled as live_enabled
 from ..evaluation.tasks import task_of
 from ..methods import FoldData, build
-from .common import AlignmentParams, _store, _weights, method_context
+from .common import AlignmentParams, _store, _weights, method_context, result_environment
 
 
 def run(params: dict, dataset: str) -> Path:
@@ -58,11 +58,12 @@ def train_dataset(params: dict, dataset: str) -> Path:
     bar.close()
     live.close()
     out = RESULTS_DIR / dataset
+    env = result_environment(store, str(context.get("device", "cpu")))  # methods on embeddings run on the CPU
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
         for m, res in results.items():
             meta = {"inject_layers": sorted(p.inject_layers), "seed": p.seed, "cv": {"scheme": p.scheme, "k": p.k,
-                    "val_fraction": p.val_fraction}}
+                    "val_fraction": p.val_fraction}, "environment": env}
             al.save_method_results(tmp / f"{m}.npz", m, res, store.label, store.classes, weights,
                                    estimators[m].get_params(), meta)
     return out
