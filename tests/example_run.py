@@ -55,11 +55,9 @@ class ExampleRun:
         return done.stdout
 
 
-def run_offline_example(tmp: Path, tokenizer: Path, checkpoint: str = "random", cache_type: str | None = None) -> ExampleRun:
-    """The README's offline example in a fresh copy; `checkpoint` replaces its `random` weights (a
-    checkpoint file), `cache_type` sets DVC's cache link type (hardlink: a large file is not copied)."""
-    from test_datasets import fake_esc50
-
+def project_copy(tmp: Path, trace: Path | None = None) -> ExampleRun:
+    """A fresh git copy of the project (tracked and untracked files) whose `.venv/bin/activate` puts
+    this interpreter first; `trace`: where the stages record what they import and read."""
     work = tmp / "project"
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                            capture_output=True, check=True).stdout.decode().split("\0")
@@ -67,19 +65,28 @@ def run_offline_example(tmp: Path, tokenizer: Path, checkpoint: str = "random", 
         if (REPO / name).is_file():
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, work / name)
-    audio = tmp / "esc50-fold4"
-    fake_esc50(audio, folds=(4,), per_class=4)  # cv.k=2 leaves 2 per class: a 1-shot draw and its validation draw
-    example = offline_example().replace("../shared/data/esc50-fold4", str(audio)).replace(
-        "../shared/data/roberta-base", str(tokenizer)).replace("model.checkpoint=random", f"model.checkpoint={checkpoint}")
-    command = example + "".join(f" -S {shlex.quote(q)}" for q in quick_settings())
-    trace = tmp / "trace"
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               RESIDUAL_AUDIO_TRACE=str(trace))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    if trace is not None:
+        env["RESIDUAL_AUDIO_TRACE"] = str(trace)
     venv = work / ".venv" / "bin"
     venv.mkdir(parents=True)
     (venv / "activate").write_text(f"export PATH={Path(sys.executable).parent}:$PATH\n")
     run = ExampleRun(work, trace, env, venv)
     run.sh("git init -q && git add -A && git -c user.name=t -c user.email=t@localhost commit -qm snapshot")
+    return run
+
+
+def run_offline_example(tmp: Path, tokenizer: Path, checkpoint: str = "random", cache_type: str | None = None) -> ExampleRun:
+    """The README's offline example in a fresh copy; `checkpoint` replaces its `random` weights (a
+    checkpoint file), `cache_type` sets DVC's cache link type (hardlink: a large file is not copied)."""
+    from test_datasets import fake_esc50
+
+    audio = tmp / "esc50-fold4"
+    fake_esc50(audio, folds=(4,), per_class=4)  # cv.k=2 leaves 2 per class: a 1-shot draw and its validation draw
+    example = offline_example().replace("../shared/data/esc50-fold4", str(audio)).replace(
+        "../shared/data/roberta-base", str(tokenizer)).replace("model.checkpoint=random", f"model.checkpoint={checkpoint}")
+    command = example + "".join(f" -S {shlex.quote(q)}" for q in quick_settings())
+    run = project_copy(tmp, tmp / "trace")
     if cache_type:
         run.sh(f"dvc config --local cache.type {cache_type}")
     run.sh(command)

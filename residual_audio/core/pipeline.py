@@ -28,7 +28,7 @@ STAGES = {s.name: s for s in (
           "fetch a dataset's clips into data/raw/<dataset>/"),
     Stage("preprocess", True,
           ("seed", "data.${item}", "model.variant", "preprocess"),
-          "decode, resample to 48 kHz, log-mel -> data/mel/<dataset>.zarr and .csv"),
+          "decode, resample to the model's rate, log-mel -> data/mel/<dataset>.zarr and .csv"),
     Stage("extract", True, ("model.checkpoint", "model.variant", "extract"),
           "one hooked forward per batch -> data/heads/<dataset>.zarr (per-head tensors, direct decomposition)"),
     Stage("text", True,
