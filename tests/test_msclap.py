@@ -345,3 +345,28 @@ def test_laions_file_api_is_refused_for_msclaps_front_end(tmp_path):
         preprocess.preprocess(clips, classes, msclap.front_end(), tmp_path / "m.zarr", tmp_path / "m.csv",
                               dataset="folder", weights="random", front_end="laion_api", progress=False)
     assert not (tmp_path / "m.zarr").exists()
+
+
+def test_tokenizer_auto_follows_the_checkpoints_family(tmp_path, monkeypatch):
+    """`model.tokenizer: auto` fetches the family's own files, told once the checkpoint is placed: switching
+    from LAION's random weights to an MS-CLAP file fetches GPT-2's files, not the earlier roberta ones."""
+    from residual_audio.data import fetch
+
+    fetched = []
+
+    def hub(url, dest, sha256=None, timeout=60):
+        fetched.append(url)
+        dest.write_text('{"x": 0}' if url.endswith(".json") else "#version: 0.2\n")
+
+    monkeypatch.setattr(fetch, "download_url", hub)
+    out = tmp_path / "models"
+    laion = fetch.fetch_model("random", "auto", out)
+    assert laion["family"] == "laion" and fetched == [f"https://huggingface.co/roberta-base/resolve/main/{n}"
+                                                      for n in ("vocab.json", "merges.txt")]
+    assert fetch.fetch_model("random", "auto", out) == laion  # unchanged: up to date, nothing fetched
+    assert len(fetched) == 2
+    small = tmp_path / "ms.pth"  # msclap's format (the model stage reads and checks it, loads nothing)
+    torch.save({"model": {"audio_encoder.base.htsat.norm.weight": torch.ones(4)}}, small)
+    ms = fetch.fetch_model(str(small), "auto", out)
+    assert ms["family"] == "msclap" and ms["tokenizer"]["request"]["source"] == msclap.TOKENIZER_BASE_URL
+    assert fetched[2:] == [msclap.TOKENIZER_BASE_URL + n for n in ("vocab.json", "merges.txt")]

@@ -519,18 +519,19 @@ def fetch_model(
         raise DownloadError("model.checkpoint_sha256: given, but model.checkpoint is 'random'")
     ckpt_request = None if random else _request(checkpoint, checkpoint_sha256)
     auto = not _none(tokenizer) and str(tokenizer).strip().lower() == "auto"
-    if auto:
-        tokenizer = "auto"
-    elif not _none(tokenizer) and is_url(str(tokenizer)):
+    if not auto and not _none(tokenizer) and is_url(str(tokenizer)):
         tokenizer = str(tokenizer).rstrip("/") + "/"  # 'base' and 'base/' name the same files
-    tok_request = None if _none(tokenizer) else _request(str(tokenizer), None)
+
+    def tokenizer_request(family: str) -> dict | None:  # 'auto' stands for the family's own files
+        return None if _none(tokenizer) else _request(default_tokenizer(family) if auto else str(tokenizer), None)
+
     tok_files = [f"tokenizer/{f}" for f in TOKENIZER_FILES]
 
     old = read_manifest(out)
     if (
         old is not None
         and (old.get("checkpoint") or {}).get("request") == ckpt_request
-        and (old.get("tokenizer") or {}).get("request") == tok_request
+        and (old.get("tokenizer") or {}).get("request") == tokenizer_request(old.get("family", "laion"))
         and old.get("files") == _files(out)
     ):
         print(f"{out}: up to date")
@@ -563,13 +564,13 @@ def fetch_model(
         else:
             manifest["checkpoint"] = {"request": None, "source": "random", "files": {}}
         manifest.setdefault("family", "laion")  # random weights and ClapModel folders are LAION's family
+        tok_request = tokenizer_request(manifest["family"])
         if tok_request is not None:
-            if auto:
-                tokenizer = default_tokenizer(manifest["family"])
+            tokenizer = tok_request["source"]
             if not _reuse(old, out, "tokenizer", tok_request, tok_files, tmp):
                 _fetch_tokenizer(str(tokenizer), tmp / "tokenizer")
             manifest["tokenizer"] = {"request": tok_request, "files": _describe(tmp, tok_files),
-                                     **({"source": tokenizer} if auto else {})}
+                                     **({"auto": True} if auto else {})}
         manifest["files"] = _files(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     print(f"{out}: weights {manifest['weights']}, tokenizer {'none' if tok_request is None else tokenizer}")
