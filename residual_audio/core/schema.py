@@ -71,16 +71,16 @@ _DATA = "data.{" + "|".join(DATASET_NAMES) + "}"
 RECIPE_DEFAULTS = {
     "coarse": dict(units="heads", pca=False, variance=1.0, beyond="keep", lam_init="normal", add_mean=False,
                    others="remove", lr=0.8, max_epochs=30, patience=5, batch_size=64, select_on="val_accuracy",
-                   warmup_epochs=0),
+                   warmup_epochs=0, select_from_epoch=1),
     "fine": dict(units="heads", pca=True, variance=0.9, beyond="drop", lam_init="normal", add_mean=False,
                  others="remove", lr=0.8, max_epochs=30, patience=5, batch_size=64, select_on="val_accuracy",
-                 warmup_epochs=0),
+                 warmup_epochs=0, select_from_epoch=1),
     "full": dict(units="heads+mlp", pca=True, variance=1.0, beyond="drop", lam_init="normal", add_mean=False,
                  others="keep", lr=0.8, max_epochs=30, patience=5, batch_size=64, select_on="val_accuracy",
-                 warmup_epochs=0),
+                 warmup_epochs=0, select_from_epoch=1),
     "identity": dict(units="heads", pca=True, variance=0.95, beyond="keep", lam_init="ones", add_mean=True,
                      others="keep", lr=[0.001, 0.01, 0.1], max_epochs=30, patience=5, batch_size=64,
-                     select_on="val_loss", warmup_epochs=1),
+                     select_on="val_loss", warmup_epochs=1, select_from_epoch=0),
 }
 RECIPE_NAMES = tuple(RECIPE_DEFAULTS)
 _RECIPE = "residual.recipes.{" + "|".join(RECIPE_NAMES) + "}"
@@ -169,6 +169,9 @@ SCHEMA: dict[str, dict] = {
     f"{_RECIPE}.patience": Int(min=1, default=_recipe("patience"), help="early-stopping patience, epochs"),
     f"{_RECIPE}.batch_size": Int(min=1, default=_recipe("batch_size"), help="clips per step"),
     f"{_RECIPE}.select_on": Choice("val_accuracy", "val_loss", default=_recipe("select_on"), help=_SELECT),
+    f"{_RECIPE}.select_from_epoch": Int(min=0, max=1, default=_recipe("select_from_epoch"),
+                                        help="first epoch whose checkpoint may be kept: 1 (as the released code: "
+                                             "the untrained state never competes) or 0"),
     f"{_RECIPE}.warmup_epochs": Int(min=0, default=_recipe("warmup_epochs"),
                                     help="schedule-free AdamW warm-up (the released code uses none)"),
     "train.max_epochs": Int(min=0, max=30, default=30, help="trained baselines: most training epochs"),
@@ -176,6 +179,8 @@ SCHEMA: dict[str, dict] = {
     "train.batch_size": Int(min=1, default=64, help="trained baselines: clips per step"),
     "train.weight_decay": Num(min=0, default=0.0, help="trained baselines: AdamW weight decay"),
     "train.select_on": Choice("val_accuracy", "val_loss", default="val_accuracy", help=_SELECT),
+    "train.select_from_epoch": Int(min=0, max=1, default=1,
+                                   help="trained baselines: first epoch whose checkpoint may be kept (1 or 0)"),
     "train.device": Choice(*DEVICES, default="auto", help="methods that run the encoder: auto | cpu | cuda"),
     "baselines.linear.lr": List(Num(min=0, min_open=True), min_len=1, default=[0.001],
                                 help="the released code's value; a list is a grid chosen on validation"),

@@ -50,7 +50,8 @@ def train_config(params: dict, seed: int = 0) -> TrainConfig:
     """The shared training settings of the trained baselines (`train.*`), checked."""
     return TrainConfig(max_epochs=get(params, "train.max_epochs"), patience=get(params, "train.patience"),
                        batch_size=get(params, "train.batch_size"), weight_decay=get(params, "train.weight_decay"),
-                       monitor=get(params, "train.select_on"), seed=seed)
+                       monitor=get(params, "train.select_on"), seed=seed,
+                       select_from_epoch=get(params, "train.select_from_epoch"))
 
 
 def lr_grid(params: dict, key: str) -> tuple:
@@ -209,20 +210,22 @@ class _Trained(Estimator):
     default_lr: tuple = (1e-3,)
     warmup_epochs = 0  # the released ResiDual code's baselines use none
 
-    def __init__(self, lr=(1e-3,), max_epochs=30, patience=5, batch_size=64, select_on="val_accuracy", weight_decay=0.0, seed=0):
+    def __init__(self, lr=(1e-3,), max_epochs=30, patience=5, batch_size=64, select_on="val_accuracy", weight_decay=0.0,
+                 seed=0, select_from_epoch=1):
         self.lr, self.max_epochs, self.patience, self.batch_size = tuple(lr), max_epochs, patience, batch_size
         self.select_on, self.weight_decay, self.seed = select_on, weight_decay, seed
+        self.select_from_epoch = select_from_epoch
 
     @classmethod
     def from_params(cls, params):
         cfg = train_config(params)
         return cls(lr_grid(params, cls.lr_key), cfg.max_epochs, cfg.patience, cfg.batch_size,
-                   cfg.monitor, cfg.weight_decay, get(params, "seed"))
+                   cfg.monitor, cfg.weight_decay, get(params, "seed"), cfg.select_from_epoch)
 
     def _config(self, seed):
         return TrainConfig(max_epochs=self.max_epochs, patience=self.patience, batch_size=self.batch_size,
                            monitor=self.select_on, weight_decay=self.weight_decay, seed=seed, lr_key=self.lr_key,
-                           warmup_epochs=self.warmup_epochs)
+                           warmup_epochs=self.warmup_epochs, select_from_epoch=self.select_from_epoch)
 
     def _make(self, data: FoldData, head: FrozenHead) -> nn.Module:
         raise NotImplementedError

@@ -5,7 +5,10 @@ early stopping (patience on validation loss or accuracy, `monitor`) with the
 best-validation weights restored, as the ResiDual paper does.
 Schedule-free AdamW evaluates at averaged weights: `optimizer.eval()` swaps them in
 before every validation pass and at the end, `optimizer.train()` swaps them back out.
-Epoch 0 is the untrained model, so `max_epochs: 0` returns it exactly.
+Epoch 0 is the untrained model, so `max_epochs: 0` returns it exactly. `select_from_epoch` is the
+first epoch whose checkpoint may be kept: 1 (as the released ResiDual code, whose callbacks first
+evaluate after epoch 1: the untrained state never competes) or 0; with fewer epochs than that, the
+last epoch is kept.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class TrainConfig:
     monitor: str = "val_loss"  # early stopping and checkpoint choice: val_loss (lower) | val_accuracy (higher)
     lr_key: str = "train.lr"  # the params key named when the loss diverges
     warmup_epochs: int = 1  # schedule-free AdamW warm-up, in epochs (0: none, as the ResiDual code)
+    select_from_epoch: int = 1  # the first epoch whose checkpoint may be kept (0: the untrained model competes)
 
 
 def trainable_count(model: torch.nn.Module) -> int:
@@ -129,6 +133,8 @@ def train(model, train_inputs: tuple, train_labels, val_inputs: tuple, val_label
         return -loss if cfg.monitor == "val_loss" else acc
 
     best_score, best_epoch, best_state = score(val_loss, val_acc), 0, copy.deepcopy(model.state_dict())
+    if cfg.select_from_epoch > 0 and cfg.max_epochs > 0:
+        best_score = -math.inf  # epoch 0 is recorded, never kept
     bad = 0
     gen = torch.Generator().manual_seed(cfg.seed)
     epochs = logs.progress(range(1, cfg.max_epochs + 1), desc=desc, unit="epochs", leave=False,

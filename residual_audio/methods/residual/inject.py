@@ -39,6 +39,7 @@ batch size.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -395,7 +396,8 @@ def train_lambda(model: InjectResiDual, entry: torch.Tensor, labels: np.ndarray,
     """Schedule-free AdamW on λ: batches of `recipe.batch_size` clips, each run as micro-batches of
     `micro_batch` clips whose gradients are accumulated (same gradient, bounded memory); early
     stopping on `recipe.select_on` (patience `recipe.patience`) keeping the best-validation λ.
-    Epoch 0 is the untrained model, so `max_epochs: 0` returns it exactly."""
+    Epoch 0 is the untrained model, so `max_epochs: 0` returns it exactly; it is kept only when
+    `recipe.select_from_epoch` is 0 (as the direct-mode loop)."""
     from schedulefree import AdamWScheduleFree
 
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
@@ -415,6 +417,8 @@ def train_lambda(model: InjectResiDual, entry: torch.Tensor, labels: np.ndarray,
     opt.eval()
     row = dict(epoch=0, train_loss=float("nan"), lr=recipe.lr)
     best_score, best_lam, best_epoch, bad = validate(row), model.lam.detach().clone(), 0, 0
+    if recipe.select_from_epoch > 0 and recipe.max_epochs > 0:
+        best_score = math.inf  # epoch 0 is recorded, never kept
     history = [row]
     gen = torch.Generator().manual_seed(int(seed))
     epochs = logs.progress(range(1, recipe.max_epochs + 1), desc="residual_inject", unit="epochs", leave=False,

@@ -148,7 +148,10 @@ class Recipe:
     - `lr` (a number, or a grid chosen on the validation clips), `max_epochs`, `patience`,
       `batch_size`: schedule-free AdamW training;
       `select_on`: early stopping and checkpoint choice on `val_accuracy` or `val_loss`;
-      `warmup_epochs`: schedule-free warm-up (the released code uses none).
+      `warmup_epochs`: schedule-free warm-up (the released code uses none);
+      `select_from_epoch`: the first epoch whose checkpoint may be kept (1 for the paper's recipes, as
+      the released code, whose callbacks first evaluate after epoch 1; 0 for `identity`, whose
+      untrained state is the zero-shot classifier).
     """
 
     name: str
@@ -165,6 +168,7 @@ class Recipe:
     batch_size: int
     select_on: str
     warmup_epochs: int
+    select_from_epoch: int
 
     @classmethod
     def of(cls, name: str, values: dict) -> "Recipe":

@@ -187,7 +187,7 @@ class ResiDualRecipe(Estimator):
         ftr, fva = self._features(data, tr), self._features(data, va)
         cfg = TrainConfig(max_epochs=r.max_epochs, patience=r.patience, batch_size=r.batch_size, monitor=r.select_on,
                           seed=data.seed, lr_key=f"residual.recipes.{self.recipe_name}.lr",
-                          warmup_epochs=r.warmup_epochs)
+                          warmup_epochs=r.warmup_epochs, select_from_epoch=r.select_from_epoch)
         lrs = r.lr if isinstance(r.lr, tuple) else (float(r.lr),)
         self.model_, self.history_, self.lr_, self.lr_scores_ = train_grid(
             lambda: RecipeModel(head, self.lam_init_, psi, offset), lrs, ftr, data.labels[tr], fva, data.labels[va], cfg,
