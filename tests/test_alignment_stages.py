@@ -46,13 +46,6 @@ def _project(tmp_path: Path) -> Path:
     (root / "data/mel/folder.zarr/README").write_text("inject mode only\n")
     (root / "data/models").mkdir(parents=True)
     (root / "data/models/manifest.json").write_text('{"weights": "random"}\n')
-    # the geometry stage's per-head table, whose Fisher scores the ablation correlates with
-    from residual_audio.data.synthetic import head_rows
-
-    rows = [dict(dataset="folder", regime="pre", stage=s, block=b, head=h, fisher=float((7 * i) % 11))
-            for i, (s, b, h) in enumerate(head_rows())]
-    (root / "plots/geometry").mkdir(parents=True)
-    pd.DataFrame(rows).to_csv(root / "plots/geometry/heads.csv", index=False)
     return root
 
 
