@@ -58,3 +58,43 @@ def test_text_side_matches_laion_get_text_embedding(model, tokenizer):
     with torch.no_grad():
         ref = logit_scale(model) * torch.nn.functional.normalize(model.audio_projection(emb), dim=-1) @ torch.from_numpy(ref).T
     assert np.allclose(zeroshot_logits(emb.numpy(), text), ref.numpy(), atol=1e-4)
+
+
+def test_the_correlated_fisher_score_comes_from_training_clips_only(tmp_path):
+    """The Fisher score the ablation drops are correlated with is each fold's training-clip score, averaged:
+    computed here by hand from the store's arrays, and unchanged when a fold's test clips are replaced."""
+    import zarr
+
+    from residual_audio.analysis.ablation import fitting_fisher
+    from residual_audio.data.synthetic import synthetic_world, write_store
+    from residual_audio.evaluation.protocol import make_splits
+
+    arrays, attrs, _, _ = synthetic_world(n_per_class=6, n_classes=3, n_folds=3, seed=4)
+    n = len(arrays["label"])
+    rng = np.random.default_rng(0)
+    arrays["heads/pre"] = rng.standard_normal((n, len(attrs["heads"]), 4)).astype(np.float32)
+    for s in sorted({h[0] for h in attrs["heads"]}):
+        k = sum(1 for h in attrs["heads"] if h[0] == s)
+        arrays[f"heads/post/stage{s}"] = rng.standard_normal((n, k, 6)).astype(np.float32)
+    write_store(tmp_path / "s.zarr", arrays, attrs)
+    splits = make_splits(arrays["label"], arrays["fold"], "official", 3, 0, 0.0)
+    table = fitting_fisher(tmp_path / "s.zarr", splits, regimes=("pre",))
+
+    def by_hand(x, y):  # tr(S_B) / tr(S_W) of one head's points
+        mu = x.mean(0)
+        between = sum((y == c).sum() * np.sum((x[y == c].mean(0) - mu) ** 2) for c in np.unique(y))
+        within = sum(np.sum((x[y == c] - x[y == c].mean(0)) ** 2) for c in np.unique(y))
+        return between / within
+
+    x, y = arrays["heads/pre"][:, 0].astype(np.float64), arrays["label"]
+    expected = np.mean([by_hand(x[s.train_all], y[s.train_all]) for s in splits])
+    np.testing.assert_allclose(table.fisher.iloc[0], expected, rtol=1e-6)
+    # a fold's own score never sees its test clips
+    poisoned = dict(arrays)
+    poisoned["heads/pre"] = arrays["heads/pre"].copy()
+    poisoned["heads/pre"][splits[0].test] += 100.0 * (y[splits[0].test, None, None] + 1)
+    write_store(tmp_path / "p.zarr", poisoned, attrs)
+    one = fitting_fisher(tmp_path / "s.zarr", splits[:1], regimes=("pre",))
+    again = fitting_fisher(tmp_path / "p.zarr", splits[:1], regimes=("pre",))
+    np.testing.assert_allclose(one.fisher, again.fisher, rtol=1e-6)
+    assert zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["heads/pre"].shape == (n, len(attrs["heads"]), 4)

@@ -9,12 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from residual_audio.core.params import ParamError
-from residual_audio.data.synthetic import synthetic_store
 from residual_audio.evaluation.zeroshot import save_text_side
 from conftest import checked
 
@@ -39,20 +39,20 @@ def _project(tmp_path: Path) -> Path:
     for recipe in params["residual"]["recipes"].values():
         recipe["max_epochs"] = 3
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    text, _ = synthetic_store(root / "data/heads/folder.zarr", n_per_class=4, n_classes=5)
+    from residual_audio.data.synthetic import synthetic_world, write_store
+
+    arrays, attrs, text, _ = synthetic_world(n_per_class=4, n_classes=5)
+    # per-head outputs before the projection, for the ablation's Fisher scores: class-dependent in some heads
+    rng = np.random.default_rng(1)
+    signal = (np.arange(len(attrs["heads"])) % 7 == 0)[None, :, None] * arrays["label"][:, None, None]
+    arrays["heads/pre"] = (rng.standard_normal((len(arrays["label"]), len(attrs["heads"]), 4)) + signal).astype(np.float32)
+    write_store(root / "data/heads/folder.zarr", arrays, attrs)
     save_text_side(root / "data/text/folder.npz", text)
     # direct mode reads neither, but `train` depends on them for inject mode
     (root / "data/mel/folder.zarr").mkdir(parents=True)
     (root / "data/mel/folder.zarr/README").write_text("inject mode only\n")
     (root / "data/models").mkdir(parents=True)
     (root / "data/models/manifest.json").write_text('{"weights": "random"}\n')
-    # the geometry stage's per-head table, whose Fisher scores the ablation correlates with
-    from residual_audio.data.synthetic import head_rows
-
-    rows = [dict(dataset="folder", regime="pre", stage=s, block=b, head=h, fisher=float((7 * i) % 11))
-            for i, (s, b, h) in enumerate(head_rows())]
-    (root / "plots/geometry").mkdir(parents=True)
-    pd.DataFrame(rows).to_csv(root / "plots/geometry/heads.csv", index=False)
     return root
 
 
@@ -91,7 +91,10 @@ def test_dvc_experiments_and_metrics_diff(tmp_path):
     assert sorted(p.name for p in curves.iterdir()) == ["fold0", "fold1"]
     assert (curves / "fold0" / "val_acc.tsv").read_text().startswith("step\tval_acc")
     ablation = json.loads((root / "metrics/folder/ablation.json").read_text())
-    assert set(ablation["fisher"]) == {"pre"}  # read the geometry table it depends on
+    heads_rows = json.loads((root / "data/heads/folder.zarr/zarr.json").read_text())["attributes"]["heads"]
+    # correlated with each head's Fisher score on the training clips of each fold, per regime of the store
+    assert set(ablation["fisher"]) == {"pre", "post"}
+    assert all(-1 <= c["spearman"] <= 1 and c["n"] == len(heads_rows) for c in ablation["fisher"].values())
 
     # inject_layers selects the reweighted stages in direct mode: fewer λ, other logits
     _run(root, *dvc, "exp", "run", "-S", "inject_layers=[0]")

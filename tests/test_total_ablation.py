@@ -147,7 +147,7 @@ def test_an_undefined_ablation_number_says_why():
     from residual_audio.stages.ablation import _undefined
 
     zero = pd.Series([0.0, 0.0, 0.0])
-    notes = _undefined(zero, None, {}, "plots/geometry/heads.csv")
-    assert any("drop is 0" in n for n in notes) and any("plots/geometry/heads.csv is not there" in n for n in notes)
-    assert _undefined(pd.Series([0.1, 0.0, 0.2]), pd.DataFrame(), {"pre": {"spearman": 0.3}}, "x") == []
-    assert any("constant over the heads" in n for n in _undefined(pd.Series([0.1, 0.0]), pd.DataFrame(), {}, "x"))
+    notes = _undefined(zero, {})
+    assert any("drop is 0" in n for n in notes) and any("'fisher' is empty" in n for n in notes)
+    assert _undefined(pd.Series([0.1, 0.0, 0.2]), {"pre": {"spearman": 0.3}}) == []
+    assert any("constant over the heads" in n for n in _undefined(pd.Series([0.1, 0.0]), {}))

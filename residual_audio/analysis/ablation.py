@@ -75,6 +75,40 @@ def fisher_correlation(ablation: pd.DataFrame, geometry: pd.DataFrame, dataset: 
     return out
 
 
+def fitting_fisher(store_path, splits: list[Split], regimes=("pre", "post")) -> pd.DataFrame:
+    """Each head's Fisher score (`geometry.fisher_scores`) computed on each fold's training clips only,
+    never on its test fold, then averaged over folds: the score the ablation drops are correlated with.
+    (The geometry stage's Fisher uses every clip: a descriptive statistic, not for the correlation.)
+    Columns regime, stage, block, head, fisher; no rows for a regime the store does not hold
+    (`extract.regimes`) or where no fold's training clips define it (fewer than two classes, or a class
+    of one clip: no within-class scatter)."""
+    from ..data.heads import HeadsStore
+    from .geometry import fisher_scores
+
+    store = HeadsStore.open(store_path)
+    rows = []
+    for regime in regimes:
+        for stage in sorted(set(store.rows[:, 0].tolist())):
+            stage_rows = np.flatnonzero(store.rows[:, 0] == stage)
+            key = "heads/pre" if regime == "pre" else f"heads/post/stage{stage}"
+            if not store.has(key):
+                continue
+            data = store.read(key, (slice(None), stage_rows)) if regime == "pre" else store.read(key)
+            clouds = np.ascontiguousarray(data.transpose(1, 0, 2))  # [heads, N, d]
+            per_fold = []
+            for s in splits:
+                try:
+                    per_fold.append(fisher_scores(clouds[:, s.train_all], store.label[s.train_all]))
+                except ValueError:  # undefined on this fold's training clips
+                    continue
+            if not per_fold:
+                continue
+            for r, value in zip(stage_rows, np.mean(per_fold, 0)):
+                s, b, h = (int(v) for v in store.rows[r])
+                rows.append(dict(regime=regime, stage=s, block=b, head=h, fisher=float(value)))
+    return pd.DataFrame(rows, columns=["regime", "stage", "block", "head", "fisher"])
+
+
 def direct_total_correlation(table: pd.DataFrame) -> dict:
     """Spearman ρ between the heads' direct and total drops (empty when either is constant)."""
     heads = table[table.kind == "head"].dropna(subset=["drop", "total_drop"])

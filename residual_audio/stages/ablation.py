@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from ..analysis.ablation import direct_total_correlation, fisher_correlation, mean_ablation, total_ablation
+from ..analysis.ablation import direct_total_correlation, fisher_correlation, fitting_fisher, mean_ablation, total_ablation
 from ..core.io import atomic_path, write_json
 from ..core.params import get
 from ..data.paths import HEADS_DIR, METRICS_DIR, PLOTS_DIR
@@ -29,38 +28,36 @@ class AblationParams:
                    get(params, "ablation.device"), get(params, "ablation.batch_size"))
 
 
-def _undefined(drops, geo, fisher: dict, geometry) -> list[str]:
+def _undefined(drops, fisher: dict) -> list[str]:
     """Why a number of ablation.json is empty or says little, in words (none when all is defined)."""
     notes = []
     if len(drops) and float(drops.abs().max()) == 0.0:
         notes.append("every head's mean-ablation drop is 0: no single head changes a test prediction, so the "
                      "correlation with the Fisher score is undefined (common with random weights or few clips)")
-    if geo is None:
-        notes.append(f"'fisher' is empty: {geometry} is not there (the geometry stage writes it)")
-    elif not fisher:
-        notes.append("'fisher' is empty: the drops or the Fisher scores are constant over the heads, or fewer than "
-                     "3 heads were matched, so no rank correlation is defined")
+    if not fisher:
+        notes.append("'fisher' is empty: the drops or the Fisher scores (from each fold's training clips) are constant "
+                     "over the heads, undefined (a class with one training clip), or fewer than 3 heads were matched, "
+                     "so no rank correlation is defined")
     return notes
 
 
-def run(params: dict, dataset: str, geometry: str | Path = "plots/geometry/heads.csv") -> None:
+def run(params: dict, dataset: str) -> None:
     """Mean-ablation drops per head/block → plots/ablation/<dataset>.csv, metrics/<dataset>/ablation.json.
 
     With `ablation.total: true` the heads of `ablation.stages` are also ablated inside the
     forward pass (total effect, columns total_*), which needs the mel store and the model."""
-    import pandas as pd
 
     p = FoldParams.read(params)
     q = AblationParams.read(params)
     variant = get(params, "model.variant")  # the encoder, with ablation.total
     tables, metrics = {}, {}
-    geo = pd.read_csv(geometry) if Path(geometry).is_file() else None
     for ds in [dataset]:
         store = _store(ds)
         task = task_of(ds)
         text = task.text_side(ds, store)
         splits = task.splits(store, p, warn=False)  # `train` reports the folds
         table = mean_ablation(store, splits, text)
+        fisher = fitting_fisher(HEADS_DIR / f"{ds}.zarr", splits)  # from each fold's training clips only
         weights = _weights(store, text)
         heads, blocks = table[table.kind == "head"], table[table.kind == "block"]
         metrics[ds] = {
@@ -68,10 +65,10 @@ def run(params: dict, dataset: str, geometry: str | Path = "plots/geometry/heads
             "head_drop": {"max": float(heads["drop"].max()), "mean": float(heads["drop"].mean()),
                           "top": heads.nlargest(5, "drop")["unit"].tolist()},
             "block_drop": {"max": float(blocks["drop"].max()), "top": blocks.nlargest(3, "drop")["unit"].tolist()},
-            "fisher": fisher_correlation(table, geo, ds) if geo is not None else {},
+            "fisher": fisher_correlation(table, fisher, ds),
         }
         metrics[ds]["environment"] = result_environment(store)  # direct ablation runs on the CPU
-        why = _undefined(heads["drop"], geo, metrics[ds]["fisher"], geometry)
+        why = _undefined(heads["drop"], metrics[ds]["fisher"])
         if why:
             metrics[ds]["notes"] = why
         if q.total:
@@ -85,7 +82,7 @@ def run(params: dict, dataset: str, geometry: str | Path = "plots/geometry/heads
                 "head_drop": {"max": float(total["total_drop"].max()), "mean": float(total["total_drop"].mean()),
                               "top": total.nlargest(5, "total_drop")["unit"].tolist()},
                 "direct_vs_total": direct_total_correlation(table),
-                "fisher": fisher_correlation(table, geo, ds, column="total_drop") if geo is not None else {},
+                "fisher": fisher_correlation(table, fisher, ds, column="total_drop"),
             }
         tables[ds] = table
     for ds, table in tables.items():
