@@ -106,7 +106,10 @@ def test_fewshot_stage_end_to_end(project):
     assert on_disk["weights"] == "random"
     acc = on_disk["accuracy"]
     assert set(acc) == {"tip_adapter", "tip_adapter_f"} and set(acc["tip_adapter"]) == {"1", "2"}
-    assert set(acc["tip_adapter"]["1"]) == {"mean", "std"}
+    assert set(acc["tip_adapter"]["1"]) == {"mean", "std", "labels_per_class", "unlabelled_audio"}
+    # Tip-Adapter chooses α, β on a k-shot validation draw: a k-shot point saw 2k labels per class
+    assert [acc["tip_adapter"][k]["labels_per_class"] for k in ("1", "2")] == [2, 4]
+    assert acc["tip_adapter"]["1"]["unlabelled_audio"] is False
 
     # every headline number is the mean and spread of its runs (pandas, from the per-run table)
     runs = pd.read_csv(project / "plots/fewshot/syn/runs.csv")
@@ -243,3 +246,15 @@ def test_any_registered_method_runs_and_inject_methods_only_when_asked(project, 
     p["fewshot"]["inject"] = True
     with pytest.raises(MelStoreError, match="data/mel/syn.zarr"):
         fewshot_dataset(p, "syn")
+
+
+def test_each_method_says_how_many_labels_a_k_shot_point_saw():
+    """k labels per class for methods that select nothing on validation (zero-shot, CoOp), 2k for those that
+    choose on a k-shot validation draw; residual_fine_unlabelled also reads the training folds' audio."""
+    from residual_audio.stages.fewshot import labels_seen
+
+    p = {"seed": 0}
+    assert labels_seen("zeroshot", p) == {"per_shot": 1, "unlabelled_audio": False}
+    assert labels_seen("prompt_learning", p) == {"per_shot": 1, "unlabelled_audio": False}
+    assert labels_seen("residual_fine", p) == {"per_shot": 2, "unlabelled_audio": False}
+    assert labels_seen("residual_fine_unlabelled", p) == {"per_shot": 2, "unlabelled_audio": True}

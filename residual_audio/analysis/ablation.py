@@ -83,7 +83,7 @@ def fitting_fisher(store_path, splits: list[Split], regimes=("pre", "post")) -> 
     (`extract.regimes`) or where no fold's training clips define it (fewer than two classes, or a class
     of one clip: no within-class scatter)."""
     from ..data.heads import HeadsStore
-    from .geometry import fisher_scores
+    from .fisher import fisher_scores
 
     store = HeadsStore.open(store_path)
     rows = []

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 import zarr
 from scipy import stats
 from scipy.cluster.hierarchy import leaves_list, linkage
@@ -26,6 +25,7 @@ from ..data.stores import StoreError
 from . import figures as geometry_figures
 from . import intrinsic
 from .figures import LAYER_METRICS
+from .fisher import fisher_scores
 
 REGIMES = ("pre", "post")
 HEAD_COLUMNS = [
@@ -105,24 +105,6 @@ def open_store(path: str | Path) -> HeadStore:
 
 
 # ----------------------------------------------------------------------------- per head
-
-
-def fisher_scores(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """tr(S_B) / tr(S_W) of each head [H, N, d]: between-class over within-class scatter."""
-    x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
-    classes, index = np.unique(labels, return_inverse=True)
-    if len(classes) < 2:
-        raise ValueError("the Fisher score needs at least 2 classes")
-    onehot = torch.as_tensor(np.eye(len(classes))[index])  # [N, C]
-    counts = onehot.sum(0)
-    xc = x - x.mean(dim=1, keepdim=True)
-    class_sums = onehot.T @ xc  # [H, C, d], centred
-    between = ((class_sums**2).sum(-1) / counts).sum(-1)  # Σ_c n_c |μ_c − μ|²
-    total = (xc * xc).sum((1, 2))
-    within = total - between  # total scatter = between + within
-    if torch.any(within <= 1e-12 * total):
-        raise ValueError("zero within-class scatter: every class collapses to one point")
-    return (between / within).numpy()
 
 
 def class_mean_norms(x: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:

@@ -59,6 +59,15 @@ def needs_validation(method: str) -> bool:
     return VALIDATION in REGISTRY[method].needs
 
 
+def labels_seen(method: str, params: dict) -> dict:
+    """What a k-shot run of `method` sees: `per_shot` labelled clips per class per shot (2: the k-shot
+    draw and its k-shot validation draw, for methods that select on validation; 1 otherwise) and
+    whether it also reads the training folds' audio without labels (bases fitted on unlabelled clips)."""
+    est = build(method, params)
+    return {"per_shot": 2 if needs_validation(method) else 1,
+            "unlabelled_audio": getattr(est, "bases_on", "fit") == "unlabelled"}
+
+
 def feasible_shots(labels: np.ndarray, splits: list[Split], shots, with_val: bool) -> list[int]:
     """The shot counts every fold's training side can supply for every class (k, or 2k with
     the validation draw); the others are skipped with one warning."""
@@ -189,13 +198,17 @@ def fewshot_dataset(params: dict, dataset: str, metrics_path: Path | None = None
     for method in methods:
         per = runs[runs.method == method]
         metrics["accuracy"][method] = {}
+        seen = labels_seen(method, params)
         for k in shots:
             acc = per[per.shots == k].accuracy
             st = _stats(acc)
-            metrics["accuracy"][method][str(k)] = st
+            # the labels it saw per class (k, or 2k with the validation draw), and unlabelled training audio
+            metrics["accuracy"][method][str(k)] = {**st, "labels_per_class": seen["per_shot"] * k,
+                                                   "unlabelled_audio": seen["unlabelled_audio"]}
             curves.append(dict(dataset=dataset, method=method, point=str(k), shots=float(k), accuracy_mean=st["mean"],
                                accuracy_std=st["std"], runs=len(acc), params=int(per[per.shots == k].params.max()),
-                               weights=weights))
+                               weights=weights, labels_per_class=seen["per_shot"] * k,
+                               unlabelled_audio=seen["unlabelled_audio"]))
         full = full_data_accuracy(RESULTS_DIR / dataset / f"{method}.npz", method, task)
         if full is None:
             notes.append(f"{method}: no full-data results at {RESULTS_DIR / dataset / f'{method}.npz'}; point skipped")
@@ -219,6 +232,14 @@ def fewshot_dataset(params: dict, dataset: str, metrics_path: Path | None = None
     return metrics
 
 
+def _labels_note(shots) -> str:
+    """'; 2k labels', '; + unlabelled audio': what a method's k-shot points saw beyond k labels per class."""
+    if "labels_per_class" not in shots or not len(shots):
+        return ""
+    note = "; 2k labels" if (shots.labels_per_class > shots.shots).any() else ""
+    return note + ("; + unlabelled audio" if shots.unlabelled_audio.astype(bool).any() else "")
+
+
 def figure(curves, dataset: str, weights: str, path: Path) -> None:
     """Accuracy against shots (log scale), one line per method, the full-data point at the
     right (dashed), the zero-shot level as a horizontal line."""
@@ -235,7 +256,7 @@ def figure(curves, dataset: str, weights: str, path: Path) -> None:
         counts = sorted(set(shots.params))
         n_params = f"{counts[0]} params" if len(counts) == 1 else f"{counts[0]}–{counts[-1]} params"
         ax.errorbar(shots.shots, shots.accuracy_mean, yerr=shots.accuracy_std, marker="o", ms=4, capsize=2,
-                    color=color, label=f"{method} ({n_params})")
+                    color=color, label=f"{method} ({n_params}{_labels_note(shots)})")
         full = part[part.point == "full"]
         if len(full) and len(shots):
             ax.plot([shots.shots.iloc[-1], full.shots.iloc[0]], [shots.accuracy_mean.iloc[-1], full.accuracy_mean.iloc[0]],
