@@ -2,8 +2,9 @@
 # Quick start on your own audio: `bash scripts/quick_start.sh path/to/clips [-S key=value ...]`.
 # `path/to/clips` holds one sub-folder per class (any audio soundfile reads). Runs every stage as a
 # DVC experiment with the `quick` profile (scripts/quick_params.txt) and prints the headline table.
-# Extra `-S` overrides come last and win, e.g. `-S model.checkpoint=random` offline (random weights:
-# a dry run that says nothing about CLAP) or `-S model.checkpoint=CLAP_weights_2023.pth` (MS-CLAP).
+# Extra `-S` overrides come last and win, e.g. offline `-S model.checkpoint=random` (random weights:
+# a dry run that says nothing about CLAP) with `-S model.tokenizer=<a folder with vocab.json and
+# merges.txt>`, or `-S model.checkpoint=CLAP_weights_2023.pth` (MS-CLAP 2023).
 set -euo pipefail
 if [ $# -lt 1 ] || [ ! -d "$1" ]; then
   echo "usage: bash scripts/quick_start.sh path/to/clips [-S key=value ...]   (one sub-folder per class)" >&2

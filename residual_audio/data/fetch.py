@@ -500,7 +500,7 @@ def fetch_model(
     out: str | os.PathLike,
     checkpoint_sha256: str | None = None,
 ) -> dict:
-    """Fetch the CLAP checkpoint and the roberta-base tokenizer files into `out`; return the manifest.
+    """Fetch the CLAP checkpoint and its family's tokenizer files into `out`; return the manifest.
 
     `checkpoint` is 'random' (no file: seeded random weights), a URL or a local file, or a
     transformers ClapModel (`hf:<owner>/<name>` or a local folder with config.json), fetched
