@@ -75,8 +75,13 @@ def test_dvc_experiments_and_metrics_diff(tmp_path):
     _run(root, "git", "commit", "-qm", "baseline run")
     metrics = {m: json.loads((root / "plots/alignment/folder/methods" / f"{m}.json").read_text()) for m in METHODS}
     headline = json.loads((root / "metrics/folder/alignment.json").read_text())
-    assert headline["weights"] == "random" and set(headline) == {"weights", *METHODS}
-    assert all(set(headline[m]) == {"accuracy", "std", "params"} for m in METHODS)
+    assert headline["weights"] == "random" and set(headline) == {"weights", "paired_test", *METHODS}
+    assert all(set(headline[m]) == {"accuracy", "std", "params", "paired"} for m in METHODS)
+    # every method against zero-shot and the probe, on the same two folds (a 2-fold Wilcoxon p is 0.5 or 1)
+    fine = headline["residual_fine"]["paired"]
+    assert set(fine) == {"vs_zeroshot", "vs_linear_probe"} and set(headline["zeroshot"]["paired"]) == {"vs_linear_probe"}
+    assert all(v["p"] is None or v["p"] in (0.5, 1.0) for v in fine.values())
+    assert "Paired tests, p vs zeroshot / vs linear_probe" in (root / "metrics/comparison.md").read_text()
     for m in metrics.values():
         assert len(m["accuracy"]["folds"]) == 2 and m["weights"] == "random" and 0 <= m["top5"]["mean"] <= 1
     training_free = {"zeroshot", "tip_adapter"}
@@ -155,3 +160,15 @@ def test_inject_layers_and_methods_are_checked_before_any_work(tmp_path, monkeyp
         with pytest.raises(ParamError, match=key):
             checked(train_stage, bad, "esc50")
     assert not (tmp_path / "data").exists()
+
+
+def test_the_paired_test_is_wilcoxons_exact_signed_rank_test():
+    """Hand-made cases: five folds all better gives the exact two-sided p = 2/32; differences 1, -2, 3, 4, 5
+    (ranks 1..5, the negative one ranked 2) give 2 · #{rank subsets summing to ≤ 2} / 32 = 2 · 3 / 32."""
+    from residual_audio.evaluation.results import paired_test
+
+    base = np.array([0.5, 0.6, 0.55, 0.52, 0.58])
+    assert paired_test(base + 0.01, base)["p"] == pytest.approx(2 / 32)
+    assert paired_test(base + np.array([1, -2, 3, 4, 5]) * 0.01, base)["p"] == pytest.approx(6 / 32)
+    same = paired_test(base, base)
+    assert same["p"] is None and same["n"] == 5 and same["mean_diff"] == 0.0

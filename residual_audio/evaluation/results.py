@@ -121,6 +121,26 @@ def metric_block(per_fold: dict, params, weights: str, folds) -> dict:
             "weights": weights, "fold_names": list(folds)}
 
 
+PAIRED_REFERENCES = ("zeroshot", "linear_probe")  # every method is compared with these, fold by fold
+PAIRED_TEST = "Wilcoxon signed-rank, two-sided, exact, over folds (zero differences dropped)"
+
+
+def paired_test(scores, reference) -> dict:
+    """A method's per-fold accuracies against a reference's on the same folds: the Wilcoxon signed-rank
+    test (scipy, exact), its p-value, the number of folds and the mean difference. `p` is None when
+    every difference is 0 (no test is defined), and with 5 folds it cannot go below 0.0625."""
+    from scipy.stats import wilcoxon
+
+    a, b = np.asarray(scores, np.float64), np.asarray(reference, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired test: {a.shape} against {b.shape} folds")
+    d = a - b
+    out = {"test": PAIRED_TEST, "n": int(len(d)), "mean_diff": float(d.mean()) if len(d) else 0.0, "p": None}
+    if np.count_nonzero(d):
+        out["p"] = float(wilcoxon(d, zero_method="wilcox", alternative="two-sided", method="exact").pvalue)
+    return out
+
+
 def method_order(methods) -> list[str]:
     """Known methods in their canonical order, then any others alphabetically."""
     known = [m for m in METHODS if m in methods]
@@ -145,4 +165,15 @@ def comparison_markdown(table: pd.DataFrame) -> str:
              "| --- | " + " | ".join("---" for _ in wide.columns) + " | --- |"]
     order = method_order(wide.index)
     lines += [f"| {m} | " + " | ".join(str(wide.loc[m, c]) for c in wide.columns) + f" | {params[m]:,} |" for m in order]
+    refs = [r for r in PAIRED_REFERENCES if f"p_{r}" in table]
+    if refs:
+        def p_cell(row):
+            return " / ".join("–" if pd.isna(row[f"p_{r}"]) else f"{row[f'p_{r}']:.3g}" for r in refs)
+
+        p = table.assign(cell=[p_cell(row) for _, row in table.iterrows()]).pivot(index="method", columns="dataset",
+                                                                                   values="cell")
+        lines += ["", f"Paired tests, p vs {' / vs '.join(refs)} ({PAIRED_TEST}; –: the same method, or no "
+                      "difference on any fold)", "",
+                  "| method | " + " | ".join(p.columns) + " |", "| --- | " + " | ".join("---" for _ in p.columns) + " |"]
+        lines += [f"| {m} | " + " | ".join(str(p.loc[m, c]) for c in p.columns) + " |" for m in method_order(p.index)]
     return "\n".join(lines) + "\n"

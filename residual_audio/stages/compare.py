@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..core.io import write_text
 from ..data.paths import METRICS_DIR, PLOTS_DIR
-from ..evaluation.results import ALIGNMENT_PLOTS, _csv, comparison_markdown, method_order
+from ..evaluation.results import ALIGNMENT_PLOTS, PAIRED_REFERENCES, _csv, comparison_markdown, method_order
 
 
 def run(params: dict, metrics_dir: Path = METRICS_DIR) -> str:
@@ -24,8 +24,10 @@ def run(params: dict, metrics_dir: Path = METRICS_DIR) -> str:
             raise FileNotFoundError(f"{directory}: no per-method metrics (run the 'evaluate' stage for {ds})")
         for path in files:
             block = json.loads(path.read_text())
+            paired = block.get("paired", {})
             rows.append(dict(method=path.stem, dataset=ds, accuracy=block["accuracy"]["mean"], std=block["accuracy"]["std"],
-                             top5=block["top5"]["mean"], params=block["params"], weights=block["weights"]))
+                             top5=block["top5"]["mean"], params=block["params"], weights=block["weights"],
+                             **{f"p_{ref}": (paired.get(f"vs_{ref}") or {}).get("p") for ref in PAIRED_REFERENCES}))
     table = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate(method_order(table.method.unique()))}
     table = table.sort_values(["dataset", "method"], key=lambda c: c.map(order) if c.name == "method" else c,

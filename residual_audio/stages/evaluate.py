@@ -150,8 +150,15 @@ def run(params: dict, dataset: str, results_dir: Path = RESULTS_DIR) -> str:
         comparison.append(dict(method=method, dataset=dataset, accuracy=block["accuracy"]["mean"],
                                std=block["accuracy"]["std"], top5=block["top5"]["mean"], params=block["params"],
                                weights=block["weights"]))
+    for method, block in details.items():  # each method against zero-shot and the linear probe, fold by fold
+        block["paired"] = {f"vs_{ref}": al.paired_test(block["accuracy"]["folds"], details[ref]["accuracy"]["folds"])
+                           for ref in al.PAIRED_REFERENCES if ref in details and ref != method
+                           and details[ref]["fold_names"] == block["fold_names"]}
+    paired = {m: {k: {"p": v["p"], "mean_diff": round(v["mean_diff"], 6)} for k, v in b["paired"].items()}
+              for m, b in details.items()}
     weight = "random" if "random" in weights else "pretrained"
-    write_json(out_metrics / "alignment.json", {"weights": weight, **headline})
+    write_json(out_metrics / "alignment.json", {"weights": weight, "paired_test": al.PAIRED_TEST,
+                                                **{m: {**h, "paired": paired[m]} for m, h in headline.items()}})
     with atomic_path(out_metrics / "accuracy") as tmp:  # what `dvc metrics show` lists: one row per method
         tmp.mkdir(parents=True)
         for method, numbers in headline.items():
