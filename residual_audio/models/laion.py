@@ -476,6 +476,11 @@ class MelFrontEnd(torch.nn.Module):
         return str(self.audio_cfg.get("fill", "repeatpad"))
 
     @property
+    def family(self) -> str:
+        """The model family whose front end this is."""
+        return str(self.audio_cfg.get("family", FAMILY))
+
+    @property
     def quantize(self) -> bool:
         """Whether the waveform goes through LAION's int16 round trip first."""
         return bool(self.audio_cfg.get("quantize", True))

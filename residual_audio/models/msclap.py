@@ -67,7 +67,7 @@ TOKENIZER_BASE_URL = "https://huggingface.co/gpt2/resolve/main/"  # the hub's `g
 AUDIO_CFG = dict(
     sample_rate=32000,  # the filter bank's rate (msclap/models/config.py), not the audio's
     window_size=1024, hop_size=320, mel_bins=64, fmin=50, fmax=14000,
-    audio_rate=44100, clip_samples=7 * 44100, fill="repeat", quantize=False,
+    audio_rate=44100, clip_samples=7 * 44100, fill="repeat", quantize=False, family=FAMILY,
 )
 # HTSAT_Swin_Transformer's arguments in msclap's HTSATWrapper (its defaults: HTSAT-tiny, 527 classes).
 HTSAT = dict(spec_size=256, patch_size=4, patch_stride=(4, 4), in_chans=1, num_classes=527, embed_dim=96,
