@@ -147,7 +147,7 @@ def test_text_embedding_equals_laion_get_text_embedding(model):
     mask[:, :10] = 1
     ids[:, 10:] = 1
     tokens = {"input_ids": ids, "attention_mask": mask}
-    ours = clap.text_embedding(model, tokens)
+    ours = checkpoints.text_embedding(model, tokens)
     with torch.no_grad():
         reference = model.get_text_embedding({k: v.clone() for k, v in tokens.items()})
     torch.testing.assert_close(ours, reference)
@@ -169,11 +169,11 @@ def test_class_embeddings_average_templates(model, tokenizer):
     assert one.shape == (2, 512)
     assert torch.allclose(one.norm(dim=-1), torch.ones(2))
     spaced = checkpoints.class_embeddings(model, tokenizer, ["chirping_birds"])
-    direct = clap.text_embedding(model, clap.tokenize(tokenizer, ["This is a sound of chirping birds"]))
+    direct = checkpoints.text_embedding(model, clap.tokenize(tokenizer, ["This is a sound of chirping birds"]))
     torch.testing.assert_close(spaced, direct)
     two = checkpoints.class_embeddings(model, tokenizer, ["dog"], templates=("{label}", "a {label} barking"))
-    a = clap.text_embedding(model, clap.tokenize(tokenizer, ["dog"]))
-    b = clap.text_embedding(model, clap.tokenize(tokenizer, ["a dog barking"]))
+    a = checkpoints.text_embedding(model, clap.tokenize(tokenizer, ["dog"]))
+    b = checkpoints.text_embedding(model, clap.tokenize(tokenizer, ["a dog barking"]))
     torch.testing.assert_close(two, torch.nn.functional.normalize(a + b, dim=-1))
 
 

@@ -149,7 +149,7 @@ def test_text_vectors_equal_transformers(loaded, clap_model):
         ids[row, n - 1], ids[row, n:], mask[row, n:] = 2, 1, 0
     with torch.no_grad():
         theirs = clap_model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
-    ours = clap.text_embedding(loaded, {"input_ids": ids, "attention_mask": mask})
+    ours = checkpoints.text_embedding(loaded, {"input_ids": ids, "attention_mask": mask})
     assert _rel(ours, theirs) <= 1e-5
 
 

@@ -123,7 +123,7 @@ def test_text_embeddings_equal_msclaps_caption_encoder(reference, ours):
     tokens = {"input_ids": ids, "attention_mask": mask}
     with torch.no_grad():
         theirs = F.normalize(reference.caption_encoder(tokens), dim=-1)
-    assert _rel(msclap.text_embedding(ours, tokens), theirs) <= 1e-5
+    assert _rel(checkpoints.text_embedding(ours, tokens), theirs) <= 1e-5
 
 
 @pytest.mark.shared

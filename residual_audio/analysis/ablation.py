@@ -89,12 +89,9 @@ def fitting_fisher(store_path, splits: list[Split], regimes=("pre", "post")) -> 
     rows = []
     for regime in regimes:
         for stage in sorted(set(store.rows[:, 0].tolist())):
-            stage_rows = np.flatnonzero(store.rows[:, 0] == stage)
-            key = "heads/pre" if regime == "pre" else f"heads/post/stage{stage}"
-            if not store.has(key):
+            if not store.has(store.regime_key(regime, stage)):
                 continue
-            data = store.read(key, (slice(None), stage_rows)) if regime == "pre" else store.read(key)
-            clouds = np.ascontiguousarray(data.transpose(1, 0, 2))  # [heads, N, d]
+            clouds = store.clouds(regime, stage)  # [heads, N, d]
             per_fold = []
             for s in splits:
                 try:
@@ -103,7 +100,7 @@ def fitting_fisher(store_path, splits: list[Split], regimes=("pre", "post")) -> 
                     continue
             if not per_fold:
                 continue
-            for r, value in zip(stage_rows, np.mean(per_fold, 0)):
+            for r, value in zip(np.flatnonzero(store.rows[:, 0] == stage), np.mean(per_fold, 0)):
                 s, b, h = (int(v) for v in store.rows[r])
                 rows.append(dict(regime=regime, stage=s, block=b, head=h, fisher=float(value)))
     return pd.DataFrame(rows, columns=["regime", "stage", "block", "head", "fisher"])

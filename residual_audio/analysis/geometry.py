@@ -54,6 +54,7 @@ class HeadStore:
     rows: np.ndarray  # [H, 3] (stage, block, head) in heads/pre storage order
     label: np.ndarray
     group: zarr.Group = field(repr=False)
+    source: HeadsStore = field(repr=False)  # the one reader, which reads the clouds
 
     @property
     def n_clips(self) -> int:
@@ -76,16 +77,7 @@ class HeadStore:
 
     def clouds(self, regime: str, stage: int) -> np.ndarray:
         """Points of every head of one stage as [heads, N, d] (float32)."""
-        if regime == "pre":
-            data = np.asarray(self.group["heads/pre"][:, self.stage_heads(stage)])
-        elif regime == "post":
-            data = np.asarray(self.group[f"heads/post/stage{stage}"][:])
-        else:
-            raise ValueError(f"unknown regime {regime!r}; expected one of {REGIMES}")
-        if not np.isfinite(data).all():
-            key = "heads/pre" if regime == "pre" else f"heads/post/stage{stage}"
-            raise StoreError(f"{self.path}: '{key}' contains NaN or inf")
-        return np.ascontiguousarray(data.transpose(1, 0, 2))
+        return self.source.clouds(regime, stage)
 
 
 def open_store(path: str | Path) -> HeadStore:
@@ -101,7 +93,7 @@ def open_store(path: str | Path) -> HeadStore:
     if len(np.unique(store.label)) < 2:
         raise StoreError(f"{store.path}: 'label' holds fewer than 2 classes; the Fisher score needs at least 2")
     return HeadStore(store.path, str(store.attrs["dataset"]), store.weights, store.variant, store.classes,
-                     store.rows, store.label, store.group)
+                     store.rows, store.label, store.group, store)
 
 
 # ----------------------------------------------------------------------------- per head

@@ -52,6 +52,21 @@ class HeadsStore:
     def has(self, key: str) -> bool:
         return key in self.group
 
+    @staticmethod
+    def regime_key(regime: str, stage: int) -> str:
+        """The array holding one stage's heads: `pre` (before the output projection, all stages in one
+        array) or `post` (after it, one array per stage)."""
+        if regime not in ("pre", "post"):
+            raise ValueError(f"unknown regime {regime!r}; expected 'pre' or 'post'")
+        return PRE if regime == "pre" else f"heads/post/stage{stage}"
+
+    def clouds(self, regime: str, stage: int) -> np.ndarray:
+        """The points of every head of one stage, [heads, N, d] float32 (NaN or inf refused)."""
+        key = self.regime_key(regime, stage)
+        rows = np.flatnonzero(self.rows[:, 0] == stage)
+        data = self.read(key, (slice(None), rows)) if regime == "pre" else self.read(key)
+        return np.ascontiguousarray(data.transpose(1, 0, 2))
+
     def read(self, key: str, index=slice(None), dtype=np.float32, finite: bool = True) -> np.ndarray:
         """`key` (or `group[key][index]`) as a numpy array, refused if it holds NaN or inf (unless not `finite`)."""
         if key not in self.group:

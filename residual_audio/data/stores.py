@@ -94,10 +94,15 @@ def read_npz(path: str | os.PathLike, error: type[ValueError], hint: str, requir
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
         raise error(f"{path}: not a readable .npz file ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                     f"{hint}") from None
-    missing = [k for k in required if k not in arrays]
+    require(path, arrays, error, hint, required)
+    return arrays
+
+
+def require(path, arrays: dict, error: type[ValueError], hint: str, keys) -> None:
+    """Refuse a file read with `read_npz` that lacks any of `keys` (a second set, once the first tells which)."""
+    missing = [k for k in keys if k not in arrays]
     if missing:
         raise error(f"{path}: missing array(s) {', '.join(map(repr, missing))}; {hint}")
-    return arrays
 
 
 def check_finite(path, arrays: dict, error: type[ValueError], hint: str, keys=None) -> None:

@@ -86,7 +86,7 @@ def save_text_side(path: str | Path, text: TextSide) -> None:
 def load_text_side(path: str | Path, classes=None) -> TextSide:
     """The cached text side, checked: readable, no NaN or inf, one class vector per class, and (when
     `classes` is given) the classes of the store it is used with."""
-    from ..data.stores import check_finite, read_npz
+    from ..data.stores import check_finite, read_npz, require
 
     path = Path(path)
     hint = "rerun the 'text' stage"
@@ -96,7 +96,7 @@ def load_text_side(path: str | Path, classes=None) -> TextSide:
     if kind not in PROJECTION_KEYS:
         raise TextCacheError(f"{path}: projection_kind {kind!r} is none of {', '.join(PROJECTION_KEYS)}; {hint}")
     projection = tuple(f"projection_{k}" for k in PROJECTION_KEYS[kind])
-    z = read_npz(path, TextCacheError, hint, base + projection)
+    require(path, z, TextCacheError, hint, projection)
     check_finite(path, z, TextCacheError, hint, ("class_embeddings", "logit_scale") + projection)
     if z["class_embeddings"].ndim != 2 or len(z["class_embeddings"]) != len(z["classes"]):
         raise TextCacheError(f"{path}: 'class_embeddings' has shape {z['class_embeddings'].shape} for "

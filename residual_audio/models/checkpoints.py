@@ -8,7 +8,7 @@ side; they never test which family they hold.
 
 A family is one module (`FAMILIES`): its model holds LAION's module names (`audio_branch`, an
 HTS-AT; `audio_projection`; `text_branch`; `text_projection`) and says its family
-(`model.family`), and the module gives the rest: `tokenize`, `text_embedding`, `load_tokenizer`,
+(`model.family`), and the module gives the rest: `tokenize`, `text_features`, `load_tokenizer`,
 `logit_scale`, `projection_weights`, its zero-shot `PROMPT` and its tokenizer's hub files.
 """
 
@@ -39,7 +39,7 @@ FAMILIES = {"laion": laion, "msclap": msclap}  # a ClapModel folder is LAION's f
 __all__ = ["CheckpointError", "FAMILIES", "MelFrontEnd", "TokenizerError", "build_model", "checkpoint_from",
            "class_embeddings", "content_ids", "default_prompt", "default_tokenizer", "family_of", "front_end", "identity_file",
            "joint_dim", "load_model", "load_tokenizer", "logit_scale", "mel_fingerprint", "model_config",
-           "own_tokenizer", "projection_weights", "prompt_start", "read_file", "resolve_checkpoint", "text_features", "tokenize", "word_embeddings"]
+           "own_tokenizer", "projection_weights", "prompt_start", "read_file", "resolve_checkpoint", "text_embedding", "text_features", "tokenize", "word_embeddings"]
 
 
 def read_file(path: str | os.PathLike, mmap: bool = False) -> tuple[str, dict]:
@@ -122,6 +122,15 @@ def prompt_start(model) -> int:
     return _family(model).PROMPT_START
 
 
+@torch.no_grad()
+def text_embedding(model, tokens: dict) -> torch.Tensor:
+    """Normalised joint-space embeddings of tokenised texts: the family's pooled text features through
+    the text projection."""
+    device = next(model.parameters()).device
+    out = text_features(model, tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+    return F.normalize(model.text_projection(out), dim=-1)
+
+
 def class_embeddings(model, tok, labels: list[str], templates=None) -> torch.Tensor:
     """Zero-shot class vectors: each template filled with the label (underscores as spaces),
     embedded and normalised, averaged over templates, normalised again. Shape [classes, joint]."""
@@ -131,7 +140,7 @@ def class_embeddings(model, tok, labels: list[str], templates=None) -> torch.Ten
     per_template = []
     for template in progress(list(templates or [family.PROMPT]), desc="text (templates)", unit="template"):
         texts = [template.format(label=label.replace("_", " ")) for label in labels]
-        per_template.append(family.text_embedding(model, family.tokenize(tok, texts)))
+        per_template.append(text_embedding(model, family.tokenize(tok, texts)))
     return F.normalize(torch.stack(per_template).mean(0), dim=-1)
 
 

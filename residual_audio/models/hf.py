@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .laion import VARIANTS, CheckpointError, build_model, check_finite_weights
+from .laion import VARIANTS, CheckpointError, build_model, check_finite_weights, check_state_keys
 
 CONFIG = "config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in order of preference
@@ -313,17 +313,7 @@ def load(folder: str | os.PathLike, variant: str | None = None, seed: int = 0):
     path = weights_file(folder)
     state = to_laion(read_state(folder), path)
     model = build(config, seed=seed)
-    own = model.state_dict()
-    missing = sorted(k for k in own if k not in state and not NOT_IN_CLAPMODEL.search(k))
-    extra = sorted(k for k in state if k not in own)
-    if missing or extra:
-        what = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
-        raise CheckpointError(f"{path}: weights do not match the ClapModel in {CONFIG} ({what}, "
-                              f"{len(missing)} missing, {len(extra)} unexpected)")
-    bad = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
-    if bad:
-        raise CheckpointError(f"{path}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, "
-                              f"expected {tuple(own[bad[0]].shape)} from {CONFIG}")
+    check_state_keys(state, model.state_dict(), path, f"the ClapModel in {CONFIG}", optional=NOT_IN_CLAPMODEL)
     model.load_state_dict(state, strict=False)
     model.eval()
     model.weights = "pretrained"

@@ -242,6 +242,21 @@ def variant_of(state: dict, path: str | os.PathLike = "checkpoint") -> str:
     raise CheckpointError(f"{path}: audio_projection.0.weight has input width {width}; expected 768 (tiny) or 1024 (base)")
 
 
+def check_state_keys(state: dict, own: dict, path, against: str, name=str, optional=None) -> None:
+    """`state` holds every key of the model's state dict `own` (but those the regex `optional` matches) and
+    no other, each with its shape; else one line naming the first key at fault as `name` spells it."""
+    missing = sorted(k for k in own if k not in state and not (optional is not None and optional.search(k)))
+    extra = sorted(k for k in state if k not in own)
+    if missing or extra:
+        what = f"missing {name(missing[0])!r}" if missing else f"unexpected {name(extra[0])!r}"
+        raise CheckpointError(f"{path}: weights do not match {against} ({what}, {len(missing)} missing, "
+                              f"{len(extra)} unexpected)")
+    bad = [k for k in state if tuple(state[k].shape) != tuple(own[k].shape)]
+    if bad:
+        raise CheckpointError(f"{path}: {name(bad[0])} has shape {tuple(state[bad[0]].shape)}, expected "
+                              f"{tuple(own[bad[0]].shape)} from {against}")
+
+
 def check_finite_weights(state: dict, path) -> None:
     """Refuse a state dict with a NaN or inf in any floating tensor (every embedding would be NaN)."""
     for key, value in state.items():
@@ -380,14 +395,6 @@ def text_features(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
                              position_ids=position_ids(input_ids).to(inputs_embeds.device))["pooler_output"]
 
 
-@torch.no_grad()
-def text_embedding(model, tokens: dict) -> torch.Tensor:
-    """Normalised 512-d joint-space embeddings of tokenised texts."""
-    device = next(model.parameters()).device
-    out = text_features(model, tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
-    return F.normalize(model.text_projection(out), dim=-1)
-
-
 def projection_weights(model) -> dict:
     """LAION's audio projection (Linear 768→512, ReLU, Linear 512→512), kind 'laion', for the text side."""
     return mlp_weights(model.audio_projection)
@@ -467,6 +474,11 @@ class MelFrontEnd(torch.nn.Module):
         """How a shorter clip is made clip_samples long: 'repeatpad' (whole repeats, then zeros: LAION)
         or 'repeat' (repeated and cut: MS-CLAP)."""
         return str(self.audio_cfg.get("fill", "repeatpad"))
+
+    @property
+    def family(self) -> str:
+        """The model family whose front end this is."""
+        return str(self.audio_cfg.get("family", FAMILY))
 
     @property
     def quantize(self) -> bool:

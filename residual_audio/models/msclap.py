@@ -44,6 +44,7 @@ from .laion import (
     MelFrontEnd,
     TokenizerError,
     check_finite_weights,
+    check_state_keys,
     import_laion_clap,
     read_bpe_files,
     safe_load,
@@ -66,7 +67,7 @@ TOKENIZER_BASE_URL = "https://huggingface.co/gpt2/resolve/main/"  # the hub's `g
 AUDIO_CFG = dict(
     sample_rate=32000,  # the filter bank's rate (msclap/models/config.py), not the audio's
     window_size=1024, hop_size=320, mel_bins=64, fmin=50, fmax=14000,
-    audio_rate=44100, clip_samples=7 * 44100, fill="repeat", quantize=False,
+    audio_rate=44100, clip_samples=7 * 44100, fill="repeat", quantize=False, family=FAMILY,
 )
 # HTSAT_Swin_Transformer's arguments in msclap's HTSATWrapper (its defaults: HTSAT-tiny, 527 classes).
 HTSAT = dict(spec_size=256, patch_size=4, patch_stride=(4, 4), in_chans=1, num_classes=527, embed_dim=96,
@@ -207,17 +208,7 @@ def load_state(state: dict, path, seed: int = 0) -> MSClap:
     """MS-CLAP 2023 holding `state` (from `state_of`): every key of the model present, every shape equal."""
     check_finite_weights(state, path)
     model = build_model(seed)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    if missing or extra:
-        what = f"missing {official_name(missing[0])!r}" if missing else f"unexpected {official_name(extra[0])!r}"
-        raise CheckpointError(f"{path}: weights do not match MS-CLAP 2023 ({what}; {len(missing)} missing, "
-                              f"{len(extra)} unexpected)")
-    bad = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
-    if bad:
-        raise CheckpointError(f"{path}: {official_name(bad[0])} has shape {tuple(state[bad[0]].shape)}, expected "
-                              f"{tuple(own[bad[0]].shape)} (MS-CLAP 2023)")
+    check_state_keys(state, model.state_dict(), path, "MS-CLAP 2023", official_name)
     model.load_state_dict(state, strict=True)
     model.eval()
     model.weights = "pretrained"
@@ -308,14 +299,6 @@ def text_features(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     else:
         hidden = model.text_branch(inputs_embeds=inputs_embeds, attention_mask=attention_mask)[0]
     return hidden[torch.arange(len(hidden), device=hidden.device), pool_index(input_ids).to(hidden.device)]
-
-
-@torch.no_grad()
-def text_embedding(model, tokens: dict) -> torch.Tensor:
-    """Normalised 1024-d joint-space embeddings of tokenised texts."""
-    device = next(model.parameters()).device
-    out = text_features(model, tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
-    return F.normalize(model.text_projection(out), dim=-1)
 
 
 def logit_scale(model) -> float:

@@ -78,7 +78,6 @@ def preprocess(
     batch_size: int = 16,
     shard_clips: int = 64,
     attrs: dict | None = None,
-    family: str = "laion",
     progress: bool = True,
     min_seconds: float = audio.MIN_SECONDS,
     origin=None,
@@ -148,7 +147,7 @@ def preprocess(
             "classes": list(classes),
             "mel_sha256": front.fingerprint(),
             "weights": weights,
-            "family": family,
+            "family": front.family,
             "audio": front.settings(),
             "crop": crop,
             "fill": front.fill,
@@ -180,7 +179,6 @@ def run(params: dict, name: str, workdir: str | Path = ".") -> Path:
     checkpoint = checkpoint_from(workdir / MODELS_DIR)
     variant = get(params, "model.variant")
     front = checkpoints.front_end(checkpoint, variant)
-    family = checkpoints.family_of(checkpoint)
     weights = "random" if checkpoint == "random" else "pretrained"
     out = workdir / MEL_DIR
     used = {"dataset": name, "limit": limit, "seed": seed, "crop": crop, "min_seconds": min_seconds,
@@ -190,7 +188,7 @@ def run(params: dict, name: str, workdir: str | Path = ".") -> Path:
     raw = workdir / RAW_DIR / name
     timings = preprocess(clips, classes, front, out / f"{name}.zarr", out / f"{name}.csv", dataset=name,
                          weights=weights, crop=crop, front_end=front_end, batch_size=batch_size,
-                         attrs={"params": used}, family=family, min_seconds=min_seconds,
+                         attrs={"params": used}, min_seconds=min_seconds,
                          origin=lambda path: original_source(raw, path))
     total = sum(timings.values())
     print(f"preprocess: {len(clips)} clips of {name}, {len(classes)} classes; "
