@@ -71,16 +71,16 @@ _DATA = "data.{" + "|".join(DATASET_NAMES) + "}"
 RECIPE_DEFAULTS = {
     "coarse": dict(units="heads", pca=False, variance=1.0, beyond="keep", lam_init="normal", add_mean=False,
                    others="remove", lr=0.8, max_epochs=30, patience=5, batch_size=64, select_on="val_accuracy",
-                   warmup_epochs=0, select_from_epoch=1),
+                   warmup_epochs=0, select_from_epoch=1, reconstruct="paper"),
     "fine": dict(units="heads", pca=True, variance=0.9, beyond="drop", lam_init="normal", add_mean=False,
                  others="remove", lr=0.8, max_epochs=30, patience=5, batch_size=64, select_on="val_accuracy",
-                 warmup_epochs=0, select_from_epoch=1),
+                 warmup_epochs=0, select_from_epoch=1, reconstruct="paper"),
     "full": dict(units="heads+mlp", pca=True, variance=1.0, beyond="drop", lam_init="normal", add_mean=False,
                  others="keep", lr=0.8, max_epochs=30, patience=5, batch_size=64, select_on="val_accuracy",
-                 warmup_epochs=0, select_from_epoch=1),
+                 warmup_epochs=0, select_from_epoch=1, reconstruct="paper"),
     "identity": dict(units="heads", pca=True, variance=0.95, beyond="keep", lam_init="ones", add_mean=True,
                      others="keep", lr=[0.001, 0.01, 0.1], max_epochs=30, patience=5, batch_size=64,
-                     select_on="val_loss", warmup_epochs=1, select_from_epoch=0),
+                     select_on="val_loss", warmup_epochs=1, select_from_epoch=0, reconstruct="paper"),
 }
 RECIPE_NAMES = tuple(RECIPE_DEFAULTS)
 _RECIPE = "residual.recipes.{" + "|".join(RECIPE_NAMES) + "}"
@@ -174,6 +174,10 @@ SCHEMA: dict[str, dict] = {
                                              "the untrained state never competes) or 0"),
     f"{_RECIPE}.warmup_epochs": Int(min=0, default=_recipe("warmup_epochs"),
                                     help="schedule-free AdamW warm-up (the released code uses none)"),
+    f"{_RECIPE}.reconstruct": Choice("paper", "released", default=_recipe("reconstruct"),
+                                     help="paper: Φᵀ diag(λ) Φ (x − μ), the paper's equation | released: as the "
+                                          "released code computes it (with a square basis it maps back with Φᵀ; see "
+                                          "docs/methods.md)"),
     "train.max_epochs": Int(min=0, max=30, default=30, help="trained baselines: most training epochs"),
     "train.patience": Int(min=1, default=5, help="trained baselines: early-stopping patience, epochs"),
     "train.batch_size": Int(min=1, default=64, help="trained baselines: clips per step"),
@@ -190,6 +194,9 @@ SCHEMA: dict[str, dict] = {
                                       help="the released code's value; a list is a grid chosen on validation"),
     "baselines.spectral_out.lam_init": Choice("ones", "normal", default="normal", help="ones | normal (1 + N(0,1))"),
     "baselines.spectral_out.add_mean": Bool(default=False, help="add the mean back after reweighting"),
+    "baselines.spectral_out.reconstruct": Choice("paper", "released", default="paper",
+                                                 help="paper: Φᵀ diag(λ) Φ (x − μ) | released: (x − μ) ⊙ λ, as the "
+                                                      "released code computes it"),
     "baselines.linear_adapter.lr": List(Num(min=0, min_open=True), min_len=1, default=[0.001, 0.01, 0.1],
                                         help="a grid chosen on validation"),
     "fewshot.shots": List(Int(min=1), min_len=1, unique=True, default=[1, 2, 4, 8, 16],

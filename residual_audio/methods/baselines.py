@@ -177,17 +177,24 @@ class LinearMap(_OutputModel):
 
 
 class SpectralMap(_OutputModel):
-    """Paper's "Spectral out": y = Φᵀ diag(λ) Φ (x − μ) [+ μ], PCA of the output embedding."""
+    """Paper's "Spectral out": y = Φᵀ diag(λ) Φ (x − μ) [+ μ], PCA of the output embedding.
 
-    def __init__(self, head, mean, components, lam0, add_mean):
+    `released`: y = (x − μ) ⊙ λ [+ μ], one λ per dimension, which is what the released code's
+    `SpectralAdapter` computes: its square basis B enters as `einsum("nd,dk")` with λ on B's rows,
+    then Bᵀ, so (x − μ) diag(λ) B Bᵀ = (x − μ) ⊙ λ, whatever B is."""
+
+    def __init__(self, head, mean, components, lam0, add_mean, released=False):
         super().__init__(head)
         self.register_buffer("mean", torch.from_numpy(mean))
         self.register_buffer("components", torch.from_numpy(components))
         self.lam = nn.Parameter(torch.from_numpy(lam0))
-        self.add_mean = add_mean
+        self.add_mean, self.released = add_mean, released
 
     def adapt(self, out):
-        y = ((out - self.mean) @ self.components.T * self.lam) @ self.components
+        if self.released:
+            y = (out - self.mean) * self.lam
+        else:
+            y = ((out - self.mean) @ self.components.T * self.lam) @ self.components
         return y + self.mean if self.add_mean else y
 
 
@@ -286,29 +293,35 @@ class SpectralOut(_Trained):
     name, lr_key, default_lr = "spectral_out", "baselines.spectral_out.lr", (1e-3,)
 
     def __init__(self, lr=(1e-3,), max_epochs=30, patience=5, batch_size=64, select_on="val_accuracy", weight_decay=0.0,
-                 seed=0, lam_init="normal", add_mean=False):
+                 seed=0, lam_init="normal", add_mean=False, reconstruct="paper"):
         super().__init__(lr, max_epochs, patience, batch_size, select_on, weight_decay, seed)
-        self.lam_init, self.add_mean = lam_init, add_mean
+        self.lam_init, self.add_mean, self.reconstruct = lam_init, add_mean, reconstruct
 
     @classmethod
     def from_params(cls, params):
         est = super().from_params(params)
         est.lam_init = get(params, "baselines.spectral_out.lam_init")
         est.add_mean = get(params, "baselines.spectral_out.add_mean")
+        est.reconstruct = get(params, "baselines.spectral_out.reconstruct")
         return est
 
     def _prepare(self, data, out_train):
         mu, _, phi = unit_pca(out_train.numpy())
         self.mean_, self.components_ = mu.astype(np.float32), phi.astype(np.float32)
         self.init_seed_ = int(data.seed)
-        self.lam0_ = init_lambda(len(phi), self.lam_init, self.init_seed_)
+        # released: one λ per dimension (its square basis cancels); with fewer fitting clips than dimensions the
+        # released code stops on a shape error, and this is what it computes once the basis is complete
+        n_lam = out_train.shape[1] if self.reconstruct == "released" else len(phi)
+        self.lam0_ = init_lambda(n_lam, self.lam_init, self.init_seed_)
 
     def _make(self, data, head):
-        return SpectralMap(head, self.mean_, self.components_, self.lam0_.copy(), self.add_mean)
+        return SpectralMap(head, self.mean_, self.components_, self.lam0_.copy(), self.add_mean,
+                           released=self.reconstruct == "released")
 
     def artefacts(self):
         return {"mean": self.mean_, "components": self.components_, "lam": self.model_.lam.detach().numpy().copy(),
-                "init_seed": np.int64(self.init_seed_), "add_mean": np.bool_(self.add_mean)}
+                "init_seed": np.int64(self.init_seed_), "add_mean": np.bool_(self.add_mean),
+                "reconstruct": np.array(self.reconstruct)}
 
 
 @register

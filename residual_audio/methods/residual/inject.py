@@ -484,7 +484,13 @@ class ResidualInject(Estimator):
         from ...core.params import get
         from .recipes import read_recipe
 
-        return cls(recipe=read_recipe(params, get(params, "residual.inject.recipe")),
+        name = get(params, "residual.inject.recipe")
+        recipe = read_recipe(params, name)
+        if recipe.reconstruct != "paper":
+            raise ParamError(f"params: 'residual.recipes.{name}.reconstruct' = {recipe.reconstruct!r}: residual_inject "
+                             "computes the paper's equation only; use 'paper', or the recipe in direct mode "
+                             f"(residual_{name})")
+        return cls(recipe=recipe,
                    granularity=get(params, "residual.granularity"), stages=sorted(get(params, "inject_layers")),
                    device=get(params, "train.device"), micro_batch=get(params, "residual.inject.micro_batch"))
 

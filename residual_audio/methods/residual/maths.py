@@ -37,6 +37,7 @@ class UnitBases:
     owner: np.ndarray  # [J] which unit (0..U-1) each component belongs to
     explained: np.ndarray  # [J] explained-variance ratio of each component within its unit
     threshold: float
+    back: np.ndarray | None = None  # [J, D] rows that map the coordinates back (`reconstruct: released`); None: `components`
 
     @property
     def counts(self) -> np.ndarray:
@@ -48,11 +49,15 @@ class UnitBases:
 
 
 def n_components(eigenvalues: np.ndarray, threshold: float) -> int:
-    """Fewest leading components whose explained variance reaches `threshold` (eigenvalues descending)."""
+    """Fewest leading components whose explained variance reaches `threshold` (eigenvalues descending);
+    at 1.0 every component of positive variance, as the released code's `full` (no pruning), even one
+    whose share is below the rounding of the cumulative sum."""
     total = float(eigenvalues.sum())
     positive = int((eigenvalues > max(total, 0.0) * 1e-10).sum())
     if total <= 0 or positive == 0:
         return 0
+    if threshold >= 1.0:
+        return positive
     ratio = np.cumsum(eigenvalues) / total
     return int(min(np.searchsorted(ratio, threshold - 1e-9) + 1, positive))
 
@@ -123,6 +128,19 @@ def fit_bases(units: np.ndarray, unit_index, unit_names, threshold: float) -> Un
 
 
 
+def released_back(components: np.ndarray, dim: int) -> np.ndarray:
+    """The rows the released code maps a unit's coordinates back with (`nn/adapter.py`, `ResiDual`).
+
+    Its inverse basis is Bᵀ when the basis is square and (B Bᵀ)⁻¹ B otherwise, applied as
+    `einsum("nrk,rkd->nrd")`: with a square basis that contracts the coordinates with Φ's columns,
+    (c ⊙ λ) Φᵀ, where the paper's equation has (c ⊙ λ) Φ. With fewer rows (a PCA of fewer clips than
+    dimensions) (B Bᵀ)⁻¹ B = B for orthonormal rows, which is the paper's map. `components` [r, D] are
+    the unit's rows, all of them when r = D.
+    """
+    components = np.asarray(components, np.float32)
+    return np.ascontiguousarray(components.T) if components.shape[0] == dim else components
+
+
 def rd(x: torch.Tensor, components: torch.Tensor, mean: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """RD(x) = x + Φᵀ diag(λ − 1) Φ (x − μ) for one unit; x [..., D], Φ [k, D], λ [k]."""
     coef = (x - mean) @ components.T
@@ -152,6 +170,8 @@ class Recipe:
       `select_from_epoch`: the first epoch whose checkpoint may be kept (1 for the paper's recipes, as
       the released code, whose callbacks first evaluate after epoch 1; 0 for `identity`, whose
       untrained state is the zero-shot classifier).
+    - `reconstruct`: `paper` (Φᵀ diag(λ) Φ (x − μ), the paper's equation) or `released` (as the released
+      code computes it; see `recipes.py`).
     """
 
     name: str
@@ -169,6 +189,7 @@ class Recipe:
     select_on: str
     warmup_epochs: int
     select_from_epoch: int
+    reconstruct: str
 
     @classmethod
     def of(cls, name: str, values: dict) -> "Recipe":

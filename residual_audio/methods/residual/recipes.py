@@ -17,6 +17,16 @@ where the reweighted units are the recipe's `units` of the stages in `inject_lay
 always kept: it is not a residual unit. The frozen CLAP head then scores e'.
 When the recipe is the identity form (add_mean, beyond keep, others keep) e' is computed
 as the correction e + Σ Φᵀ diag(λ − 1) Φ (x − μ), so λ = 1 reproduces zero-shot bit for bit.
+
+`reconstruct: released` computes f_u as the released code does (`nn/adapter.py`, `ResiDual`): the
+unit's full PCA basis Φ (r rows: D when the fitting clips outnumber the dimensions, else the
+spanned ones), coordinates c = (x − μ) Φᵀ, λ on the first k and `beyond`'s padding (keep: 1,
+drop: 0) on the rest, mapped back with the rows of `maths.released_back`:
+
+    f_u(x) = (c ⊙ λ̃) Φᵀ   (square basis, r = D)        f_u(x) = (c ⊙ λ̃) Φ   (r < D)   [+ add_mean μ]
+
+so with a square basis λ = 1 does not give x − μ back. With r < D the directions the fitting clips
+do not span are dropped whatever `beyond` says.
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ from ...evaluation.zeroshot import FrozenHead
 from ..base import Estimator, FoldData, register
 from ..baselines import CHUNK, EVAL_BATCH, init_lambda
 from ..training import TrainConfig, evaluate, train_grid
-from .maths import Recipe, UnitBases, fixed_signs, n_components, unit_pca
+from .maths import Recipe, UnitBases, fixed_signs, n_components, released_back, unit_pca
 
 BASES_ON = ("fit", "unlabelled")
 OTHERS = ("keep", "remove")
@@ -51,7 +61,7 @@ def read_recipe(params: dict, name: str) -> Recipe:
 
 def identity_form(r: Recipe) -> bool:
     """λ = 1 leaves every unit as it is: e' is then computed as a correction of the exact embedding."""
-    return r.pca and r.add_mean and r.beyond == "keep" and r.others == "keep"
+    return r.pca and r.add_mean and r.beyond == "keep" and r.others == "keep" and r.reconstruct == "paper"
 
 
 def cached_pca(data: FoldData, clips: np.ndarray, unit: int):
@@ -124,7 +134,9 @@ class ResiDualRecipe(Estimator):
             if not np.isfinite(data.store.units[clips, u, :]).all():
                 raise StoreError(f"{data.store.path}: non-finite direct contribution of {data.store.unit_names[u]} "
                                  f"in clips that {self.name} fits its bases on")
-        means, comps, owner, explained = [], [], [], []
+        released = self.recipe.pca and self.recipe.reconstruct == "released"
+        means, comps, owner, explained, backs = [], [], [], [], []
+        self.full_bases_ = []  # released: per unit (Φ [r, D], back rows [r, D], k), the rows past k padded
         for j, u in enumerate(chosen):
             mu, ev, phi = cached_pca(data, clips, u)
             k = n_components(ev, self.recipe.variance) if self.recipe.pca else 0
@@ -132,9 +144,14 @@ class ResiDualRecipe(Estimator):
             comps.append(phi[:k])
             owner.append(np.full(k, j, np.int64))
             explained.append((ev[:k] / max(ev.sum(), 1e-300)).astype(np.float32))
+            if released:
+                back = released_back(phi, d)
+                backs.append(back[:k])
+                self.full_bases_.append((phi, back, k))
         return UnitBases([data.store.unit_names[i] for i in chosen], chosen, np.stack(means),
                          np.concatenate(comps) if comps else np.zeros((0, d), np.float32),
-                         np.concatenate(owner), np.concatenate(explained), float(self.recipe.variance))
+                         np.concatenate(owner), np.concatenate(explained), float(self.recipe.variance),
+                         back=np.concatenate(backs) if released else None)
 
     # ---------------------------------------------------------------- features
     def _features(self, data: FoldData, idx: np.ndarray, chunk: int = CHUNK):
@@ -152,7 +169,11 @@ class ResiDualRecipe(Estimator):
                 base = store.const[sl].astype(np.float64) + units[:, self.kept_, :].sum(1, dtype=np.float64)
                 if r.pca:
                     xc = x - b.means[None].astype(np.float64)
-                    if r.beyond == "keep":
+                    if r.reconstruct == "released":
+                        if r.beyond == "keep":  # the released padding: λ = 1 on the basis rows past k
+                            for u, (phi, back, k) in enumerate(self.full_bases_):
+                                base += (xc[:, u] @ phi[k:].T.astype(np.float64)) @ back[k:].astype(np.float64)
+                    elif r.beyond == "keep":
                         for u, s in enumerate(b.unit_slices()):
                             phi = b.components[s].astype(np.float64)
                             base += xc[:, u] - (xc[:, u] @ phi.T) @ phi
@@ -181,7 +202,8 @@ class ResiDualRecipe(Estimator):
         n_lam = len(self.bases_.owner) if r.pca else len(chosen)
         self.init_seed_ = int(data.seed)
         self.lam_init_ = init_lambda(n_lam, r.lam_init, self.init_seed_)
-        psi = torch.from_numpy(self.bases_.components) @ head.w1.T if r.pca else None
+        back = self.bases_.back if self.bases_.back is not None else self.bases_.components
+        psi = torch.from_numpy(back) @ head.w1.T if r.pca else None
         offset = 1.0 if identity_form(r) else 0.0
         tr, va = data.split.train, data.split.val
         ftr, fva = self._features(data, tr), self._features(data, va)
@@ -212,6 +234,8 @@ class ResiDualRecipe(Estimator):
             "lam": self.lam_, "lam_init": self.lam_init_, "init_seed": np.int64(self.init_seed_),
             "recipe": np.array(json.dumps(asdict(self.recipe))), "bases_on": np.array(self.bases_on),
             "inject_layers": np.array(self.inject_layers, np.int64),
+            **({"back": b.back, "square": np.array([len(phi) == b.components.shape[1] for phi, _, _ in self.full_bases_])}
+               if b.back is not None else {}),
         }
 
 
