@@ -87,6 +87,9 @@ def recipe_reference(store, text, res: dict, fold: str) -> np.ndarray:
     idx = res[f"{fold}/test"]
     units = store.units[idx].astype(np.float64)
     e = store.const[idx].astype(np.float64) + units[:, res[f"{fold}/kept_index"]].sum(1)
+    if r["others"] == "mean":  # every other unit as its mean over the fitting clips
+        rest = np.setdiff1d(np.arange(len(store.unit_names)), res[f"{fold}/unit_index"])
+        e += store.units[np.sort(res[f"{fold}/train"])][:, rest].astype(np.float64).mean(0).sum(0)
     lam, owner = res[f"{fold}/lam"].astype(np.float64), res[f"{fold}/owner"]
     for u, ui in enumerate(res[f"{fold}/unit_index"]):
         x = units[:, ui]
@@ -120,6 +123,8 @@ def test_recipe_logits_recomputed_from_the_artefacts(project, default_run, metho
     {"beyond": "keep", "add_mean": True, "others": "remove", "variance": 0.8},
     {"units": "heads+mlp", "beyond": "keep", "add_mean": False, "others": "keep", "lam_init": "ones", "variance": 0.95},
     {"pca": False, "others": "keep"},
+    {"others": "mean"},
+    {"pca": False, "others": "mean"},
 ])
 def test_recipe_variants_recomputed_from_the_artefacts(project, monkeypatch, fields):
     """Every branch of the map (components past the threshold kept, μ added back, units kept or

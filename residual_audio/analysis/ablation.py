@@ -51,7 +51,7 @@ def mean_ablation(store: UnitStore, splits: list[Split], text: TextSide) -> pd.D
         emb = torch.from_numpy(store.embedding[split.test])
         pre = head.pre(emb)
         base[f] = float((head(pre).argmax(1) == y).float().mean())
-        means = store.units[split.train_all].mean(0, dtype=np.float64).astype(np.float32)  # [U, D]
+        means = store.unit_means(split.train_all)  # [U, D]
         for g, (_, _, idx) in enumerate(groups):
             delta = torch.from_numpy((means[idx][None] - store.units[split.test][:, idx]).sum(1))
             acc[f, g] = float((head(pre + delta @ head.w1.T).argmax(1) == y).float().mean())

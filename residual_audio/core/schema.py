@@ -161,8 +161,9 @@ SCHEMA: dict[str, dict] = {
                                 help="components past the threshold: keep (unchanged) | drop"),
     f"{_RECIPE}.lam_init": Choice("ones", "normal", default=_recipe("lam_init"), help="ones | normal (1 + N(0,1), seeded)"),
     f"{_RECIPE}.add_mean": Bool(default=_recipe("add_mean"), help="add the mean back after reweighting"),
-    f"{_RECIPE}.others": Choice("keep", "remove", default=_recipe("others"),
-                                help="units not reweighted: keep (summed unchanged) | remove (zero ablation)"),
+    f"{_RECIPE}.others": Choice("keep", "remove", "mean", default=_recipe("others"),
+                                help="units not reweighted: keep (summed unchanged) | remove (zero ablation) | mean "
+                                     "(mean ablation: each one's mean over the clips the bases are fitted on)"),
     f"{_RECIPE}.lr": Any_(_POSITIVE, List(_POSITIVE, min_len=1), default=_recipe("lr"),
                           help="a learning rate, or a grid chosen on validation"),
     f"{_RECIPE}.max_epochs": Int(min=0, max=30, default=_recipe("max_epochs"), help="most training epochs"),

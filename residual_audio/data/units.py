@@ -45,6 +45,15 @@ class UnitStore:
     def n(self) -> int:
         return len(self.label)
 
+    def unit_means(self, clips, units=None) -> np.ndarray:
+        """[U, D] float32: each unit's direct contribution averaged over `clips` (in float64), for `units`
+        (default: all). The one mean of a mean ablation: the ablation stage's and `others: mean`'s."""
+        clips = np.sort(np.asarray(clips, dtype=np.int64))
+        if len(clips) == 0:
+            raise StoreError(f"{self.path}: a mean ablation needs at least one clip to average over")
+        sel = slice(None) if units is None else np.asarray(units, dtype=np.int64)
+        return self.units[clips][:, sel].mean(0, dtype=np.float64).astype(np.float32)
+
     def select(self, which: str) -> np.ndarray:
         """Indices of the units ResiDual reweights: 'heads' or 'heads+mlp'."""
         if which not in UNIT_SETS:

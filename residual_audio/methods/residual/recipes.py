@@ -13,7 +13,8 @@ the fold, and trains λ. The embedding it scores is
 
 where the reweighted units are the recipe's `units` of the stages in `inject_layers`, and
 "kept" units are every other unit when `others: keep`, none when `others: remove`
-(zero ablation). The constant (the final norm's β and the merges' carried biases) is
+(zero ablation); with `others: mean` (mean ablation) every other unit enters as its mean over the
+clips the bases are fitted on (`UnitStore.unit_means`), the same for every clip. The constant (the final norm's β and the merges' carried biases) is
 always kept: it is not a residual unit. The frozen CLAP head then scores e'.
 When the recipe is the identity form (add_mean, beyond keep, others keep) e' is computed
 as the correction e + Σ Φᵀ diag(λ − 1) Φ (x − μ), so λ = 1 reproduces zero-shot bit for bit.
@@ -49,7 +50,7 @@ from ..training import TrainConfig, evaluate, train_grid
 from .maths import Recipe, UnitBases, fixed_signs, n_components, released_back, unit_pca
 
 BASES_ON = ("fit", "unlabelled")
-OTHERS = ("keep", "remove")
+OTHERS = ("keep", "remove", "mean")
 LAM_INIT = ("ones", "normal")
 
 
@@ -123,12 +124,16 @@ class ResiDualRecipe(Estimator):
             raise ParamError(f"params: 'inject_layers' = {list(self.inject_layers)} selects no unit of "
                              f"'residual.recipes.{self.recipe_name}.units' = {self.recipe.units!r}")
         rest = [i for i in range(len(store.unit_names)) if i not in set(chosen)]
+        self.ablated_ = np.array(rest if self.recipe.others == "mean" else [], np.int64)
         return np.array(chosen, np.int64), np.array(rest if self.recipe.others == "keep" else [], np.int64)
 
     def _fit_bases(self, data: FoldData, chosen: np.ndarray) -> UnitBases:
         clips = np.sort(data.split.train if self.bases_on == "fit" else data.unlabelled_clips())
         if len(clips) < 2:
             raise ParamError(f"params: 'cv.*': a fold leaves {len(clips)} clip(s) to fit the bases of {self.name} on")
+        # others: mean, the sum of the ablated units' means over the same clips as the bases
+        self.ablated_sum_ = (data.store.unit_means(clips, self.ablated_).sum(0, dtype=np.float64)
+                             if len(self.ablated_) else None)
         d = data.store.units.shape[2]
         for u in chosen:
             if not np.isfinite(data.store.units[clips, u, :]).all():
@@ -167,6 +172,8 @@ class ResiDualRecipe(Estimator):
                 base = store.embedding[sl].astype(np.float32)
             else:
                 base = store.const[sl].astype(np.float64) + units[:, self.kept_, :].sum(1, dtype=np.float64)
+                if self.ablated_sum_ is not None:
+                    base += self.ablated_sum_[None]
                 if r.pca:
                     xc = x - b.means[None].astype(np.float64)
                     if r.reconstruct == "released":
@@ -230,6 +237,8 @@ class ResiDualRecipe(Estimator):
         b = self.bases_
         return {
             "unit_names": np.array(b.unit_names), "unit_index": b.unit_index, "kept_index": self.kept_,
+            "mean_index": self.ablated_,
+            "mean_sum": (self.ablated_sum_ if self.ablated_sum_ is not None else np.zeros(0)).astype(np.float32),
             "means": b.means, "components": b.components, "owner": b.owner, "explained": b.explained,
             "lam": self.lam_, "lam_init": self.lam_init_, "init_seed": np.int64(self.init_seed_),
             "recipe": np.array(json.dumps(asdict(self.recipe))), "bases_on": np.array(self.bases_on),
