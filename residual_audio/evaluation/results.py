@@ -37,6 +37,24 @@ class FoldResult:
     extra: dict = field(default_factory=dict)
 
 
+def fold_arrays(r: FoldResult) -> tuple[dict, dict]:
+    """(arrays, JSON info) holding one fold's result exactly, for the resume cache (no pickle)."""
+    arrays = {"test": np.asarray(r.test), "logits": np.asarray(r.logits)}
+    info = {"method": r.method, "fold": r.fold, "params": int(r.params), "history": r.history, "extra": {}, "order": []}
+    for k, v in r.extra.items():
+        info["order"].append(k)
+        if isinstance(v, (np.ndarray, np.generic)):
+            arrays[f"extra/{k}"] = np.asarray(v)
+        else:
+            info["extra"][k] = v
+    return arrays, json.loads(json.dumps(info, default=_jsonable))
+
+
+def fold_from_arrays(arrays: dict, info: dict) -> FoldResult:
+    extra = {k: arrays[f"extra/{k}"] if f"extra/{k}" in arrays else info["extra"][k] for k in info["order"]}
+    return FoldResult(info["method"], info["fold"], arrays["test"], arrays["logits"], info["params"], info["history"], extra)
+
+
 # --------------------------------------------------------------------------- results
 
 

@@ -147,3 +147,19 @@ def method_context(estimators, params: dict, text, dataset: str, store, key: str
             raise ParamError(f"params: '{key}': nothing provides {need!r} to the methods")
         context.update(CONTEXT_BUILDERS[need](params, text, dataset, store))
     return context
+
+
+def resume_inputs(store, text, context: dict) -> dict:
+    """What every cached unit of `train` or `fewshot` depends on besides its own method, seed and clips
+    (`core.resume`): the heads store's arrays and attributes, the text side, the device, and for methods
+    that run an encoder the mel array and the tokenizer files."""
+    inputs = {"store": {k: getattr(store, k) for k in ("units", "const", "embedding", "label", "fold", "unit_names",
+                                                       "classes", "weights", "variant", "checkpoint_sha256", "attrs")},
+              "text": text, "device": str(context.get("device", "cpu"))}
+    if "mel" in context:
+        inputs["mel"] = np.asarray(context["mel"][:])
+    if "tokenizer" in context:
+        folder = MODELS_DIR / "tokenizer"
+        inputs["tokenizer"] = {f.name: sha256_file(f) for f in sorted(folder.glob("*")) if f.is_file()} if folder.is_dir() else None
+    return inputs
+

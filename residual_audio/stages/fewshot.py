@@ -13,6 +13,7 @@ some fold cannot supply are skipped with one warning. The audio of every trainin
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 
 from ..core.io import atomic_path, write_json
 from ..core.logs import progress
+from ..core.resume import Resume
 from ..core.params import ParamError, check, get
 from ..data.paths import METRICS_DIR, PLOTS_DIR, RESULTS_DIR
 from ..evaluation.protocol import Split
@@ -28,7 +30,7 @@ from ..evaluation.results import load_results
 from ..evaluation.tasks import Classification, task_of
 from ..evaluation.zeroshot import zeroshot_logits
 from ..methods import REGISTRY, FoldData, build, check_names
-from .common import ENCODER, VALIDATION, _store, _weights, method_context, result_environment
+from .common import ENCODER, VALIDATION, _store, _weights, method_context, result_environment, resume_inputs
 
 FEWSHOT_PLOTS = PLOTS_DIR / "fewshot"
 
@@ -138,8 +140,9 @@ def _stats(values) -> dict:
 
 
 def run_grid(store, text, splits: list[Split], p: FewshotParams, params: dict, methods, context: dict | None = None,
-             task=Classification()):
-    """Every method × fold × seed × shot count: a row per run (accuracy on the full test fold)."""
+             task=Classification(), resume: Resume | None = None):
+    """Every method × fold × seed × shot count: a row per run (accuracy on the full test fold); with `resume`,
+    the runs an earlier, stopped run finished are read back instead of fitted again."""
     with_val = any(needs_validation(m) for m in methods)
     shots = feasible_shots(store.label, splits, p.shots, with_val)
     context = {} if context is None else context
@@ -155,10 +158,19 @@ def run_grid(store, text, splits: list[Split], p: FewshotParams, params: dict, m
             data = FoldData(store, text, Split(f"{split.name}/seed{s}/{k}shot", fit, own_val, split.test),
                             seed=p.seed + 1000 * s + f, unlabelled=split.train_all, context=context)
             bar.set_postfix_str(f"{split.name}, seed {s}, {k} shots: {method}")
-            est = build(method, params).fit(data)
+            unit = {"method": method, "hyper": build(method, params).get_params(), "name": data.split.name,
+                    "seed": data.seed, "fit": fit, "val": own_val, "test": split.test, "unlabelled": split.train_all}
+            cached = resume.get(unit) if resume is not None else None
+            if cached is not None:
+                row = cached[1]
+            else:
+                est = build(method, params).fit(data)
+                acc = task.accuracy(est.logits(data, split.test), store.label[split.test])
+                row = dict(method=method, fold=split.name, seed=s, shots=k, accuracy=acc, params=int(est.n_params_))
+                if resume is not None:
+                    resume.put(unit, {}, row)
             bar.update(1)
-            acc = task.accuracy(est.logits(data, split.test), store.label[split.test])
-            rows.append(dict(method=method, fold=split.name, seed=s, shots=k, accuracy=acc, params=int(est.n_params_)))
+            rows.append(row)
     bar.close()
     return rows, shots
 
@@ -185,9 +197,13 @@ def fewshot_dataset(params: dict, dataset: str, metrics_path: Path | None = None
     with_val = any(needs_validation(m) for m in methods)
     feasible_shots(store.label, splits, p.shots, with_val)  # fail on impossible shots before any model is built
     context = method_context([REGISTRY[m] for m in methods], params, text, dataset, store, "fewshot.methods")
+    resume = Resume("fewshot", dataset, {**resume_inputs(store, text, context), "weights": weights})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the skipped shots were reported above
-        rows, shots = run_grid(store, text, splits, p, params, methods, context, task)
+        rows, shots = run_grid(store, text, splits, p, params, methods, context, task, resume)
+    if resume.reused:
+        print(f"fewshot {dataset}: {resume.reused} of {len(rows)} fits reused from an unfinished run ({resume.dir})",
+              file=sys.stderr)
     runs = pd.DataFrame(rows)
 
     zs = [task.accuracy(zeroshot_logits(store.embedding[s.test], text), store.label[s.test]) for s in splits]
@@ -229,6 +245,7 @@ def fewshot_dataset(params: dict, dataset: str, metrics_path: Path | None = None
         (tmp / "notes.json").write_text(json.dumps({"full_data": notes}, indent=2) + "\n")
         figure(curves, dataset, weights, tmp / "curves.png")
     write_json(metrics_path, metrics)
+    resume.finish()
     return metrics
 
 
