@@ -90,7 +90,7 @@ def test_the_package_has_no_import_cycle():
 
 def test_the_package_is_split_into_named_parts():
     top = {p.name for p in (REPO / PACKAGE).iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
-    assert top == {"core", "models", "data", "methods", "evaluation", "analysis", "stages"}
+    assert top == {"core", "models", "data", "methods", "evaluation", "analysis", "stages", "adapted"}
     loose = {p.name for p in (REPO / PACKAGE).glob("*.py")}
     assert loose == {"__init__.py", "__main__.py", "cli.py"}
 

@@ -31,8 +31,10 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from ..models.checkpoints import CheckpointError, TokenizerError
     from .params import ParamError
 
+    from ..adapted.bundle import BundleError
+
     return (AudioError, CheckpointError, TokenizerError, DatasetError, DownloadError, StoreError,
-            ParamError, ResultsError, TextCacheError, OutOfSpaceError, FileNotFoundError)
+            ParamError, ResultsError, TextCacheError, OutOfSpaceError, FileNotFoundError, BundleError)
 
 
 def _parser(stage: Stage) -> argparse.ArgumentParser:

@@ -85,6 +85,22 @@ class Estimator:
         """Fitted state as named arrays (empty for training-free methods)."""
         return {}
 
+    # export (adapted.export): whether `state()` / `restore()` carry everything `logits` needs
+    exportable: ClassVar[bool] = False
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything `logits` needs after `fit`, as named arrays (see `restore`)."""
+        raise NotImplementedError(f"{self.name} cannot be exported")
+
+    def restore(self, state: dict, text) -> "Estimator":
+        """The fitted estimator again from `state()` and the text side it was fitted with."""
+        raise NotImplementedError(f"{self.name} cannot be exported")
+
+    @classmethod
+    def from_hyper(cls, hyper: dict) -> "Estimator":
+        """The estimator from its `get_params()` as JSON gave them back (lists for tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in hyper.items()})
+
     def get_params(self) -> dict:
         """The hyper-parameters given to __init__ (scikit-learn convention)."""
         import inspect

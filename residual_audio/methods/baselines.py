@@ -70,10 +70,17 @@ class ZeroShot(Estimator):
     """CLAP's zero-shot classifier on the stored pooled embedding; nothing is learned."""
 
     name = "zeroshot"
+    exportable = True
 
     def fit(self, data: FoldData) -> "ZeroShot":
         self.n_params_, self.history_ = 0, []
         return self
+
+    def state(self):
+        return {}
+
+    def restore(self, state, text):
+        return self.fit(None)
 
     def logits(self, data: FoldData, idx) -> np.ndarray:
         self._check_fitted()
@@ -136,6 +143,17 @@ class LinearProbe(Estimator):
     def logits(self, data, idx):
         self._check_fitted()
         return self._features(data, idx) @ self.coef_.T + self.intercept_
+
+    exportable = True
+
+    def state(self):
+        return {"coef": self.coef_, "intercept": self.intercept_, "C": np.float64(self.C_),
+                "n_params": np.int64(self.n_params_)}
+
+    def restore(self, state, text):
+        self.coef_, self.intercept_ = state["coef"].astype(np.float32), state["intercept"].astype(np.float32)
+        self.C_, self.n_params_, self.history_ = float(state["C"]), int(state["n_params"]), []
+        return self
 
     def artefacts(self):
         return {"coef": self.coef_, "intercept": self.intercept_, "C": np.float64(self.C_)}
@@ -261,6 +279,31 @@ class _Trained(Estimator):
     def chosen(self) -> dict:
         return {"lr": self.lr_, "lr_scores": {f"{k:g}": v for k, v in self.lr_scores_.items()}}
 
+    exportable = True
+
+    def _own_state(self) -> dict:
+        return {}
+
+    def _restore_own(self, state: dict) -> None:
+        pass
+
+    def state(self):
+        model = {f"model.{k}": v.detach().numpy().copy() for k, v in self.model_.state_dict().items()
+                 if not k.startswith("head.")}
+        return {**model, **self._own_state(), "n_params": np.int64(self.n_params_)}
+
+    def restore(self, state, text):
+        self._restore_own(state)
+        self.model_ = self._make(FoldData(None, text, None, seed=0), FrozenHead(text))
+        weights = {k[len("model."):]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith("model.")}
+        missing, unexpected = self.model_.load_state_dict(weights, strict=False)
+        if unexpected or [k for k in missing if not k.startswith("head.")]:
+            raise ValueError(f"{self.name}: the exported weights do not fit the model "
+                             f"(missing {[k for k in missing if not k.startswith('head.')]}, unexpected {unexpected})")
+        self.model_.eval()
+        self.n_params_, self.history_ = int(state["n_params"]), []
+        return self
+
 
 @register
 class Linear(_Trained):
@@ -317,6 +360,13 @@ class SpectralOut(_Trained):
     def _make(self, data, head):
         return SpectralMap(head, self.mean_, self.components_, self.lam0_.copy(), self.add_mean,
                            released=self.reconstruct == "released")
+
+    def _own_state(self):
+        return {"mean": self.mean_, "components": self.components_, "lam0": self.lam0_}
+
+    def _restore_own(self, state):
+        self.mean_, self.components_ = state["mean"].astype(np.float32), state["components"].astype(np.float32)
+        self.lam0_ = state["lam0"].astype(np.float32)
 
     def artefacts(self):
         return {"mean": self.mean_, "components": self.components_, "lam": self.model_.lam.detach().numpy().copy(),

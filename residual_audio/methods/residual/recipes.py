@@ -233,6 +233,45 @@ class ResiDualRecipe(Estimator):
     def chosen(self) -> dict:
         return {"lr": self.lr_, "lr_scores": {f"{k:g}": v for k, v in self.lr_scores_.items()}}
 
+    # ---------------------------------------------------------------- export
+    exportable = True
+
+    @classmethod
+    def from_hyper(cls, hyper: dict) -> "ResiDualRecipe":
+        recipe = dict(hyper["recipe"])
+        return cls(Recipe.of(recipe.pop("name"), recipe), tuple(hyper["inject_layers"]), hyper["bases_on"])
+
+    def state(self) -> dict:
+        b = self.bases_
+        out = {"unit_index": b.unit_index, "kept_index": self.kept_, "mean_index": self.ablated_,
+               "mean_sum": self.ablated_sum_ if self.ablated_sum_ is not None else np.zeros(0),
+               "means": b.means, "components": b.components, "owner": b.owner, "explained": b.explained,
+               "lam": self.model_.lam.detach().numpy().copy(), "n_params": np.int64(self.n_params_)}
+        if b.back is not None:
+            out["back"] = b.back
+        for u, (phi, back, k) in enumerate(getattr(self, "full_bases_", [])):
+            out[f"full.{u}.phi"], out[f"full.{u}.back"], out[f"full.{u}.k"] = phi, back, np.int64(k)
+        return out
+
+    def restore(self, state: dict, text) -> "ResiDualRecipe":
+        r = self.recipe
+        self.kept_, self.ablated_ = state["kept_index"].astype(np.int64), state["mean_index"].astype(np.int64)
+        self.ablated_sum_ = state["mean_sum"].astype(np.float64) if len(state["mean_sum"]) else None
+        n_units = len(state["unit_index"])
+        self.full_bases_ = [(state[f"full.{u}.phi"], state[f"full.{u}.back"], int(state[f"full.{u}.k"]))
+                            for u in range(n_units) if f"full.{u}.phi" in state]
+        self.bases_ = UnitBases([], state["unit_index"].astype(np.int64), state["means"].astype(np.float32),
+                                state["components"].astype(np.float32), state["owner"].astype(np.int64),
+                                state["explained"].astype(np.float32), float(r.variance),
+                                back=state["back"].astype(np.float32) if "back" in state else None)
+        head = FrozenHead(text)
+        back = self.bases_.back if self.bases_.back is not None else self.bases_.components
+        psi = torch.from_numpy(back) @ head.w1.T if r.pca else None
+        self.model_ = RecipeModel(head, state["lam"].astype(np.float32), psi, 1.0 if identity_form(r) else 0.0).eval()
+        self.lam_ = state["lam"].astype(np.float32)
+        self.n_params_, self.history_ = int(state["n_params"]), []
+        return self
+
     def artefacts(self) -> dict:
         b = self.bases_
         return {
