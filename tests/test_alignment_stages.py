@@ -20,8 +20,8 @@ from conftest import checked
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("train", "evaluate", "compare", "ablation")
-METHODS = ("zeroshot", "linear_probe", "linear", "spectral_out", "residual_coarse", "residual_fine", "residual_full",
-           "residual_identity", "linear_adapter", "tip_adapter", "tip_adapter_f")
+METHODS = ("zeroshot", "linear_probe", "linear", "spectral_out", "residual_coarse", "residual_fine",
+           "residual_fine_unlabelled", "residual_full", "residual_identity", "linear_adapter", "tip_adapter", "tip_adapter_f")
 
 
 def _project(tmp_path: Path) -> Path:
@@ -125,7 +125,7 @@ def test_dvc_experiments_and_metrics_diff(tmp_path):
 
     # identity at 0 epochs is zero-shot
     _run(root, *dvc, "exp", "run", "-S", "inject_layers=[0,1,2,3]", "-S", "residual.recipes.identity.max_epochs=0",
-         "-S", "methods=[zeroshot,residual_identity]")  # the two compared: the other nine need not re-train
+         "-S", "methods=[zeroshot,residual_identity]")  # the two compared: the other ten need not re-train
     zero = json.loads((root / "plots/alignment/folder/methods/residual_identity.json").read_text())
     assert zero["accuracy"]["folds"] == metrics["zeroshot"]["accuracy"]["folds"]
 

@@ -55,7 +55,7 @@ def _run(project: Path, monkeypatch, params: dict, out: str) -> dict:
 def default_run(project):
     mp = pytest.MonkeyPatch()
     try:
-        params = _params(methods=list(al.DEFAULT_METHODS) + ["residual_fine_unlabelled"])
+        params = _params(methods=list(al.DEFAULT_METHODS))
         yield _run(project, mp, params, "results_default")
     finally:
         mp.undo()

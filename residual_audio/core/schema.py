@@ -91,7 +91,7 @@ def _recipe(field: str) -> PerName:
 
 
 DEFAULT_METHODS = ["zeroshot", "linear_probe", "linear", "spectral_out", "residual_coarse", "residual_fine",
-                   "residual_full", "residual_identity", "linear_adapter", "tip_adapter", "tip_adapter_f"]
+                   "residual_fine_unlabelled", "residual_full", "residual_identity", "linear_adapter", "tip_adapter", "tip_adapter_f"]
 FEWSHOT_METHODS = ["zeroshot", "linear_probe", "tip_adapter", "tip_adapter_f", "residual_fine",
                    "residual_fine_unlabelled", "residual_identity"]
 _POSITIVE = Num(min=0, min_open=True)

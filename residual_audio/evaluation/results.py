@@ -23,7 +23,7 @@ ALIGNMENT_PLOTS = PLOTS_DIR / "alignment"  # evaluate's tables and figures
 # the schema's default `methods` list (what `train` runs when params.yaml names none), in the order
 # of every table, then the registered methods it leaves out
 DEFAULT_METHODS = tuple(schema.DEFAULT_METHODS)
-METHODS = DEFAULT_METHODS + ("prompt_learning", "residual_fine_unlabelled", "residual_inject")
+METHODS = DEFAULT_METHODS + ("prompt_learning", "residual_inject")
 
 
 @dataclass
