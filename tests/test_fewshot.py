@@ -77,7 +77,8 @@ def project(tmp_path, monkeypatch):
 
 def params(**fewshot):
     return {"seed": 0, "cv": {"scheme": "stratified", "k": 2},
-            "fewshot": {"shots": [1, 2, 4], "seeds": 2, "methods": ["tip_adapter", "tip_adapter_f"], **fewshot},
+            "fewshot": {"shots": [1, 2, 4], "seeds": 2, "methods": ["tip_adapter", "tip_adapter_f"],
+                        "protocol": "oracle", **fewshot},
             "tip_adapter": {"epochs": 3}}
 
 
@@ -249,12 +250,59 @@ def test_any_registered_method_runs_and_inject_methods_only_when_asked(project, 
 
 
 def test_each_method_says_how_many_labels_a_k_shot_point_saw():
-    """k labels per class for methods that select nothing on validation (zero-shot, CoOp), 2k for those that
-    choose on a k-shot validation draw; residual_fine_unlabelled also reads the training folds' audio."""
+    """Under `oracle`: k labels per class for methods that select nothing on validation (zero-shot, CoOp), 2k for
+    those that choose on a k-shot validation draw. Under `within` (the default) k for all. residual_fine_unlabelled
+    also reads the training folds' audio."""
     from residual_audio.stages.fewshot import labels_seen
 
-    p = {"seed": 0}
+    p = {"seed": 0, "fewshot": {"protocol": "oracle"}}
     assert labels_seen("zeroshot", p) == {"per_shot": 1, "unlabelled_audio": False}
     assert labels_seen("prompt_learning", p) == {"per_shot": 1, "unlabelled_audio": False}
     assert labels_seen("residual_fine", p) == {"per_shot": 2, "unlabelled_audio": False}
     assert labels_seen("residual_fine_unlabelled", p) == {"per_shot": 2, "unlabelled_audio": True}
+    default = {"seed": 0}
+    assert labels_seen("residual_fine", default) == {"per_shot": 1, "unlabelled_audio": False}
+    assert labels_seen("residual_fine_unlabelled", default) == {"per_shot": 1, "unlabelled_audio": True}
+
+
+def test_within_protocol_counts_k_labels_per_class_for_every_method(project, monkeypatch):
+    """The default protocol: a k-shot run sees k labelled clips per class in all. A method that selects on
+    validation splits them (cv.val_fraction of k, at least one; none at k = 1); the others fit on all k."""
+    from residual_audio.stages import fewshot as fs
+
+    seen = []
+    real = fs.build
+
+    def spy(name, p):
+        est = real(name, p)
+        fit = est.fit
+
+        def recorded(data):
+            seen.append((name, data.split.name, data.split.train.copy(), data.split.val.copy()))
+            return fit(data)
+
+        est.fit = recorded
+        return est
+
+    monkeypatch.setattr(fs, "build", spy)
+    p = params(protocol="within", methods=["zeroshot", "tip_adapter", "linear_probe"], shots=[1, 2, 4])
+    p["cv"]["val_fraction"] = 0.25
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 4 shots fit the training folds once no 2k draw is needed
+        metrics = fewshot_dataset(p, "syn")
+    assert metrics["protocol"] == "within"
+    for method in ("zeroshot", "tip_adapter", "linear_probe"):
+        assert [metrics["accuracy"][method][k]["labels_per_class"] for k in ("1", "2", "4")] == [1, 2, 4]
+    from residual_audio.data.units import read_units
+
+    labels = read_units(project / "data/heads/syn.zarr").label
+    by_draw = {}
+    for name, split, fit, val in seen:
+        k = int(split.rsplit("/", 1)[1].removesuffix("shot"))
+        assert not set(fit) & set(val)
+        per_class = np.bincount(labels[np.concatenate([fit, val])], minlength=5)
+        assert (per_class == k).all(), (name, split, per_class)  # k labels per class, fit and validation together
+        expected_val = 0 if name == "zeroshot" or k == 1 else max(1, round(0.25 * k))
+        assert (np.bincount(labels[val], minlength=5) == expected_val).all(), (name, split)
+        by_draw.setdefault(split, set()).add(tuple(sorted(np.concatenate([fit, val]))))
+    assert all(len(v) == 1 for v in by_draw.values())  # every method of a draw saw the same k clips per class

@@ -206,6 +206,10 @@ SCHEMA: dict[str, dict] = {
     "fewshot.methods": List(Str(), min_len=1, unique=True, default=FEWSHOT_METHODS,
                             help="registered method names run at every shot count"),
     "fewshot.inject": Bool(default=False, help="also run methods that need the audio encoder every epoch"),
+    "fewshot.protocol": Choice("within", "oracle", default="within",
+                               help="within: a k-shot point sees k labels per class, methods that select on validation "
+                                    "split them (cv.val_fraction of the k, at least 1; none at k = 1) | oracle: they "
+                                    "get k more per class as validation clips (2k labels)"),
     "tip_adapter.alpha": List(Num(min=0), min_len=1, default=[0.1, 0.5, 1.0, 2.0, 3.0],
                               help="grid for α (weight of the cache), chosen on validation"),
     "tip_adapter.beta": List(Num(min=0, min_open=True), min_len=1, default=[0.5, 1.0, 2.0, 3.5, 5.5, 7.0],

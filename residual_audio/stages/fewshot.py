@@ -45,13 +45,19 @@ class FewshotParams:
     scheme: str
     k: int
     variant: str | None = None  # model.variant: the model that methods needing an encoder build
+    protocol: str = "within"  # fewshot.protocol
+    val_fraction: float = 0.1  # cv.val_fraction: the validation share of the k under `within`
 
     @classmethod
     def read(cls, params: dict) -> "FewshotParams":
         methods = check_names(get(params, "fewshot.methods"), "fewshot.methods")
         return cls(tuple(sorted(get(params, "fewshot.shots"))), get(params, "fewshot.seeds"), tuple(methods),
                    get(params, "fewshot.inject"), get(params, "seed"), get(params, "cv.scheme"), get(params, "cv.k"),
-                   get(params, "model.variant"))
+                   get(params, "model.variant"), get(params, "fewshot.protocol"), get(params, "cv.val_fraction"))
+
+    @property
+    def oracle(self) -> bool:
+        return self.protocol == "oracle"
 
 
 # --------------------------------------------------------------------------- draws
@@ -62,12 +68,27 @@ def needs_validation(method: str) -> bool:
 
 
 def labels_seen(method: str, params: dict) -> dict:
-    """What a k-shot run of `method` sees: `per_shot` labelled clips per class per shot (2: the k-shot
-    draw and its k-shot validation draw, for methods that select on validation; 1 otherwise) and
-    whether it also reads the training folds' audio without labels (bases fitted on unlabelled clips)."""
+    """What a k-shot run of `method` sees: `per_shot` labelled clips per class per shot (1 under the default
+    `within` protocol; 2 under `oracle` for methods that select on validation: the k-shot draw and its k-shot
+    validation draw) and whether it also reads the training folds' audio without labels (bases fitted on
+    unlabelled clips)."""
     est = build(method, params)
-    return {"per_shot": 2 if needs_validation(method) else 1,
+    oracle = get(params, "fewshot.protocol") == "oracle"
+    return {"per_shot": 2 if oracle and needs_validation(method) else 1,
             "unlabelled_audio": getattr(est, "bases_on", "fit") == "unlabelled"}
+
+
+def validation_share(k: int, fraction: float) -> int:
+    """Validation clips per class inside a k-shot draw (`within`): `fraction` of k, at least 1; none at k = 1."""
+    return 0 if k < 2 else min(k - 1, max(1, int(round(fraction * k))))
+
+
+def draw_within(perms: list[np.ndarray], k: int, n_val: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fitting, validation) indices inside one k-shot draw: the first k of each class's permutation,
+    its last `n_val` of them for validation."""
+    fit = np.sort(np.concatenate([p[: k - n_val] for p in perms]))
+    val = np.sort(np.concatenate([p[k - n_val : k] for p in perms])) if n_val else np.array([], dtype=np.int64)
+    return fit, val
 
 
 def feasible_shots(labels: np.ndarray, splits: list[Split], shots, with_val: bool) -> list[int]:
@@ -143,7 +164,7 @@ def run_grid(store, text, splits: list[Split], p: FewshotParams, params: dict, m
              task=Classification(), resume: Resume | None = None):
     """Every method × fold × seed × shot count: a row per run (accuracy on the full test fold); with `resume`,
     the runs an earlier, stopped run finished are read back instead of fitted again."""
-    with_val = any(needs_validation(m) for m in methods)
+    with_val = p.oracle and any(needs_validation(m) for m in methods)
     shots = feasible_shots(store.label, splits, p.shots, with_val)
     context = {} if context is None else context
     rows = []
@@ -152,9 +173,14 @@ def run_grid(store, text, splits: list[Split], p: FewshotParams, params: dict, m
     for f, s, k in runs:
         split = splits[f]
         perms = class_permutations(store.label, split.train_all, (p.seed, f, s))
-        fit, val = draw(perms, k, with_val)
+        drawn, oracle_val = draw(perms, k, with_val)
         for method in methods:
-            own_val = val if needs_validation(method) else np.array([], dtype=np.int64)
+            if not needs_validation(method):
+                fit, own_val = drawn, np.array([], dtype=np.int64)
+            elif p.oracle:
+                fit, own_val = drawn, oracle_val
+            else:  # selection inside the k labels
+                fit, own_val = draw_within(perms, k, validation_share(k, p.val_fraction))
             data = FoldData(store, text, Split(f"{split.name}/seed{s}/{k}shot", fit, own_val, split.test),
                             seed=p.seed + 1000 * s + f, unlabelled=split.train_all, context=context)
             bar.set_postfix_str(f"{split.name}, seed {s}, {k} shots: {method}")
@@ -194,7 +220,7 @@ def fewshot_dataset(params: dict, dataset: str, metrics_path: Path | None = None
     text = task.text_side(dataset, store)
     weights = _weights(store, text)
     splits = task.splits(store, p, val_fraction=0.0, warn=False)  # `train` reports the folds
-    with_val = any(needs_validation(m) for m in methods)
+    with_val = p.oracle and any(needs_validation(m) for m in methods)
     feasible_shots(store.label, splits, p.shots, with_val)  # fail on impossible shots before any model is built
     context = method_context([REGISTRY[m] for m in methods], params, text, dataset, store, "fewshot.methods")
     resume = Resume("fewshot", dataset, {**resume_inputs(store, text, context), "weights": weights})
@@ -209,7 +235,7 @@ def fewshot_dataset(params: dict, dataset: str, metrics_path: Path | None = None
     zs = [task.accuracy(zeroshot_logits(store.embedding[s.test], text), store.label[s.test]) for s in splits]
     full_x = float(np.mean([len(s.train_all) / len(np.unique(store.label)) for s in splits]))
     curves, notes = [], []
-    metrics = {"weights": weights, "accuracy": {},
+    metrics = {"weights": weights, "protocol": p.protocol, "accuracy": {},
                "environment": result_environment(store, str(context.get("device", "cpu")))}
     for method in methods:
         per = runs[runs.method == method]
