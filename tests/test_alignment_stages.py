@@ -75,7 +75,8 @@ def test_dvc_experiments_and_metrics_diff(tmp_path):
     _run(root, "git", "commit", "-qm", "baseline run")
     metrics = {m: json.loads((root / "plots/alignment/folder/methods" / f"{m}.json").read_text()) for m in METHODS}
     headline = json.loads((root / "metrics/folder/alignment.json").read_text())
-    assert headline["weights"] == "random" and set(headline) == {"weights", "paired_test", *METHODS}
+    assert headline["weights"] == "random" and set(headline) == {"weights", "tuning", "paired_test", *METHODS}
+    assert headline["tuning"] == "published" and "tuning: published" in (root / "metrics/comparison.md").read_text()
     assert all(set(headline[m]) == {"accuracy", "std", "params", "paired"} for m in METHODS)
     # every method against zero-shot and the probe, on the same two folds (a 2-fold Wilcoxon p is 0.5 or 1)
     fine = headline["residual_fine"]["paired"]

@@ -61,7 +61,7 @@ def test_published_recipes_come_from_the_schema():
     assert RECIPES["coarse"].pca is False and RECIPES["coarse"].others == "remove"
     assert RECIPES["fine"].variance == 0.9 and RECIPES["fine"].beyond == "drop"
     assert RECIPES["full"].units == "heads+mlp" and RECIPES["full"].others == "keep"
-    assert RECIPES["identity"].lr == (0.001, 0.01, 0.1)
+    assert RECIPES["identity"].lr == 0.01 and RECIPES["fine"].lr == 0.8  # one value each: tuning.mode published
 
 
 def test_no_module_re_defaults_a_key():

@@ -176,3 +176,29 @@ def test_coop_epochs():
 
     assert [coop_epochs(k) for k in (1, 2, 4, 8, 16)] == [50, 100, 100, 200, 200]
     assert PromptLearning()._epochs(np.array([0, 0, 1, 1])) == 100
+
+
+def test_tuning_published_and_grid(world):
+    """`tuning.mode`: published runs one fixed value per method (the paper's lr, Tip-Adapter's α = 1, β = 5.5 with α
+    on CLIP's logit scale); grid gives every trained method lr × tuning.lr_factors (the same size for all) and
+    Tip-Adapter the original's search lists (utils.py search_hp: 200 β × 20 α for the ImageNet config)."""
+    from residual_audio.methods.tip_adapter import search_lists
+
+    pub = {"tuning": {"mode": "published"}}
+    grid = {"tuning": {"mode": "grid"}}
+    assert build("residual_fine", pub).recipe.lr == 0.8 and build("linear", pub).lr == (0.001,)
+    assert build("tip_adapter", pub).get_params() == {"alpha": (1.0,), "beta": (5.5,), "alpha_unit": "clip"}
+    sizes = {m: len(build(m, grid).recipe.lr if m.startswith("residual") else build(m, grid).lr)
+             for m in ("residual_fine", "residual_identity", "linear", "spectral_out", "linear_adapter")}
+    assert set(sizes.values()) == {5}, sizes
+    assert build("residual_fine", grid).recipe.lr == pytest.approx((0.08, 0.24, 0.8, 2.4, 8.0))
+    alphas, betas = search_lists([7, 3], [200, 20])
+    assert len(betas) == 200 and len(alphas) == 20 and betas[0] == alphas[0] == pytest.approx(0.1)
+    assert betas[1] == pytest.approx(0.1 + 6.9 / 200) and alphas[-1] == pytest.approx(0.1 + 19 * 2.9 / 20)
+    assert build("tip_adapter", grid).alpha == alphas
+    # α on CLIP's scale: the cache is weighted by α · (CLAP's logit scale / 100)
+    store, text, split = world
+    data = FoldData(store, text, split)
+    clip = TipAdapter(alpha=[1.0], beta=[5.5], alpha_unit="clip").fit(data)
+    raw = TipAdapter(alpha=[text.logit_scale / 100], beta=[5.5]).fit(data)
+    np.testing.assert_allclose(clip.logits(data, split.test), raw.logits(data, split.test), rtol=1e-6, atol=1e-6)

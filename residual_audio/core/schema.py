@@ -79,7 +79,7 @@ RECIPE_DEFAULTS = {
                  others="keep", lr=0.8, max_epochs=30, patience=5, batch_size=64, select_on="val_accuracy",
                  warmup_epochs=0, select_from_epoch=1, reconstruct="paper"),
     "identity": dict(units="heads", pca=True, variance=0.95, beyond="keep", lam_init="ones", add_mean=True,
-                     others="keep", lr=[0.001, 0.01, 0.1], max_epochs=30, patience=5, batch_size=64,
+                     others="keep", lr=0.01, max_epochs=30, patience=5, batch_size=64,
                      select_on="val_loss", warmup_epochs=1, select_from_epoch=0, reconstruct="paper"),
 }
 RECIPE_NAMES = tuple(RECIPE_DEFAULTS)
@@ -198,8 +198,8 @@ SCHEMA: dict[str, dict] = {
     "baselines.spectral_out.reconstruct": Choice("paper", "released", default="paper",
                                                  help="paper: Φᵀ diag(λ) Φ (x − μ) | released: (x − μ) ⊙ λ, as the "
                                                       "released code computes it"),
-    "baselines.linear_adapter.lr": List(Num(min=0, min_open=True), min_len=1, default=[0.001, 0.01, 0.1],
-                                        help="a grid chosen on validation"),
+    "baselines.linear_adapter.lr": List(Num(min=0, min_open=True), min_len=1, default=[0.01],
+                                        help="ours (no published value); a list is a grid chosen on validation"),
     "fewshot.shots": List(Int(min=1), min_len=1, unique=True, default=[1, 2, 4, 8, 16],
                           help="k labelled clips per class; counts the training folds cannot supply are skipped"),
     "fewshot.seeds": Int(min=1, default=3, help="draws per test fold"),
@@ -210,11 +210,24 @@ SCHEMA: dict[str, dict] = {
                                help="within: a k-shot point sees k labels per class, methods that select on validation "
                                     "split them (cv.val_fraction of the k, at least 1; none at k = 1) | oracle: they "
                                     "get k more per class as validation clips (2k labels)"),
-    "tip_adapter.alpha": List(Num(min=0), min_len=1, default=[0.1, 0.5, 1.0, 2.0, 3.0],
-                              help="grid for α (weight of the cache), chosen on validation"),
-    "tip_adapter.beta": List(Num(min=0, min_open=True), min_len=1, default=[0.5, 1.0, 2.0, 3.5, 5.5, 7.0],
-                             help="grid for β (sharpness of the cache affinities)"),
+    "tip_adapter.alpha": List(Num(min=0), min_len=1, default=[1.0],
+                              help="α (weight of the cache): the paper's 1; a list is a grid chosen on validation"),
+    "tip_adapter.beta": List(Num(min=0, min_open=True), min_len=1, default=[5.5],
+                             help="β (sharpness of the cache affinities): the paper's 5.5; a list is a grid"),
     "tip_adapter.epochs": Int(min=0, default=20, help="tip_adapter_f: epochs of cache-key fine-tuning"),
+    "tip_adapter.alpha_unit": Choice("clip", "raw", default="clip",
+                                     help="clip: α is on CLIP's logit scale of 100, as published, and is scaled by the "
+                                          "model's logit scale / 100 | raw: α multiplies the cache logits as it is"),
+    "tuning.mode": Choice("published", "grid", default="published",
+                          help="published: every method with its published fixed hyper-parameters (the values in "
+                               "params.yaml) | grid: every trained method an lr grid of the same size (its lr × "
+                               "tuning.lr_factors) and Tip-Adapter the original's α, β search, all on validation"),
+    "tuning.lr_factors": List(Num(min=0, min_open=True), min_len=1, unique=True, default=[0.1, 0.3, 1.0, 3.0, 10.0],
+                              help="grid: each trained method's learning rates are its own times these"),
+    "tuning.tip_search_scale": List(Num(min=0.1, min_open=True), min_len=2, default=[7.0, 3.0],
+                                    help="grid: Tip-Adapter's search_scale [β, α] (its ImageNet config)"),
+    "tuning.tip_search_step": List(Int(min=1), min_len=2, default=[200, 20],
+                                   help="grid: Tip-Adapter's search_step [β, α] (its ImageNet config)"),
     "prompt_learning.epochs": Any_(Choice("coop"), Int(min=0), default="coop",
                                    help="coop (CoOp's 50 / 100 / 200 epochs at 1 / 2-4 / 8+ shots) or an integer"),
     "probe.C": List(Num(min=0, min_open=True), min_len=1, default=[0.1, 1.0, 10.0, 100.0],

@@ -178,7 +178,11 @@ def comparison_markdown(table: pd.DataFrame) -> str:
     wide = cells.pivot(index="method", columns="dataset", values="cell")
     params = table.groupby("method")["params"].max()
     weights = sorted(set(table.weights))
-    lines = [f"Top-1 accuracy, mean ± std over folds (weights: {', '.join(weights)})", "",
+    tuning = sorted(set(table.tuning)) if "tuning" in table else ["published"]
+    lines = [f"Top-1 accuracy, mean ± std over folds (weights: {', '.join(weights)}; tuning: {', '.join(tuning)}: "
+             + ("every method with its published fixed hyper-parameters" if tuning == ["published"] else
+                "every trained method an lr grid of the same size, Tip-Adapter the original's α, β search")
+             + "; docs/protocol.md)", "",
              "| method | " + " | ".join(wide.columns) + " | trainable params |",
              "| --- | " + " | ".join("---" for _ in wide.columns) + " | --- |"]
     order = method_order(wide.index)

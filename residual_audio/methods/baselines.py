@@ -55,9 +55,19 @@ def train_config(params: dict, seed: int = 0) -> TrainConfig:
 
 
 def lr_grid(params: dict, key: str) -> tuple:
-    """The learning rates under `key` (a number or a list of them), as a tuple of floats."""
-    lrs = get(params, key)
-    return tuple(float(v) for v in (lrs if isinstance(lrs, list) else [lrs]))
+    """The learning rates under `key` (a number or a list of them) as a tuple of floats, as `tuning.mode`
+    asks: `published`, the values given; `grid`, the value (the middle of a list) times `tuning.lr_factors`."""
+    return tuned_lrs(params, get(params, key))
+
+
+def tuned_lrs(params: dict, value) -> tuple:
+    """`value` (a learning rate or a list of them) under `tuning.mode` (see `lr_grid`)."""
+    lrs = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+    mode, factors = get(params, "tuning.mode"), get(params, "tuning.lr_factors")  # both read in either mode
+    if mode == "published":
+        return tuple(lrs)
+    base = sorted(lrs)[(len(lrs) - 1) // 2]
+    return tuple(base * float(f) for f in factors)
 
 
 def _idx(data: FoldData):

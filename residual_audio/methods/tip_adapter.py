@@ -6,9 +6,11 @@ their one-hot labels. A test clip with audio embedding a gets
 
     logits = zero-shot logits + α · exp(−β (1 − a Kᵀ)) L
 
-so α = 0 is exactly the zero-shot model. α and β are picked on the validation clips from
-a small grid (`tip_adapter.alpha`, `tip_adapter.beta`); without validation clips the
-paper's initial values are used (α = β = 1). Tip-Adapter-F trains the keys only, with the
+so α = 0 is exactly the zero-shot model. By default α and β are the paper's fixed values (α = 1,
+β = 5.5); a grid (`tip_adapter.alpha`, `tip_adapter.beta` as lists, or `tuning.mode: grid`, the
+original's `search_hp` lists) is searched on the validation clips, and without validation clips
+a grid falls back to the paper's initial values (α = β = 1). α is on CLIP's logit scale of 100
+(`alpha_unit: clip`): the cache is weighted by α · (CLAP's logit scale / 100). Tip-Adapter-F trains the keys only, with the
 paper's recipe (AdamW lr 0.001, eps 1e-4, cosine schedule, 20 epochs, batch 256,
 training at the initial α, β), keeps the epoch with the best validation accuracy and then
 searches α, β on the validation clips as Tip-Adapter does.
@@ -63,6 +65,22 @@ def _grid(params: dict, key: str) -> tuple:
     return tuple(float(v) for v in get(params, key))
 
 
+def search_lists(scale, step) -> tuple[tuple, tuple]:
+    """(α list, β list) of Tip-Adapter's `search_hp` (utils.py): β_i = i (scale_β − 0.1) / step_β + 0.1 for
+    i < step_β, and α the same with the α scale and step (values on CLIP's logit scale of 100)."""
+    betas = tuple(i * (float(scale[0]) - 0.1) / int(step[0]) + 0.1 for i in range(int(step[0])))
+    alphas = tuple(i * (float(scale[1]) - 0.1) / int(step[1]) + 0.1 for i in range(int(step[1])))
+    return alphas, betas
+
+
+def _hyper(params: dict) -> tuple[tuple, tuple, str]:
+    """(α grid, β grid, α unit) as `tuning.mode` asks: the params' values, or the original's search lists."""
+    search = search_lists(get(params, "tuning.tip_search_scale"), get(params, "tuning.tip_search_step"))
+    given = _grid(params, "tip_adapter.alpha"), _grid(params, "tip_adapter.beta")  # every key read in either mode
+    alphas, betas = search if get(params, "tuning.mode") == "grid" else given
+    return alphas, betas, get(params, "tip_adapter.alpha_unit")
+
+
 @register
 class TipAdapter(Estimator):
     """Training-free cache model on the fitting clips; α, β chosen on the validation clips."""
@@ -70,16 +88,23 @@ class TipAdapter(Estimator):
     name = "tip_adapter"
     needs = frozenset({"validation"})
 
-    def __init__(self, alpha=ALPHA_GRID, beta=BETA_GRID):
+    def __init__(self, alpha=ALPHA_GRID, beta=BETA_GRID, alpha_unit: str = "raw"):
         self.alpha = tuple(alpha)
         self.beta = tuple(beta)
+        self.alpha_unit = alpha_unit
 
     @classmethod
     def from_params(cls, params: dict) -> "TipAdapter":
-        return cls(_grid(params, "tip_adapter.alpha"), _grid(params, "tip_adapter.beta"))
+        alphas, betas, unit = _hyper(params)
+        return cls(alphas, betas, unit)
+
+    def _scale(self, text) -> float:
+        """What α is multiplied by: CLAP's logit scale / 100 when α is given on CLIP's scale (`alpha_unit: clip`)."""
+        return float(text.logit_scale) / 100.0 if self.alpha_unit == "clip" else 1.0
 
     def _cache(self, data: FoldData) -> None:
         idx = np.asarray(data.split.train)
+        self.alpha_scale_ = self._scale(data.text)
         self.keys_, _ = audio_and_zeroshot(data.text, data.store.embedding[idx])
         self.values_ = F.one_hot(torch.as_tensor(data.labels[idx]), data.n_classes).float()
 
@@ -95,7 +120,8 @@ class TipAdapter(Estimator):
             audio, zs = audio_and_zeroshot(data.text, data.store.embedding[val])
             with torch.no_grad():
                 self.alpha_, self.beta_, self.val_acc_ = search(
-                    zs, lambda b: cache_logits(audio, self.keys_, self.values_, b), data.labels[val], self.alpha, self.beta)
+                    zs, lambda b: self.alpha_scale_ * cache_logits(audio, self.keys_, self.values_, b), data.labels[val],
+                    self.alpha, self.beta)
 
     def fit(self, data: FoldData) -> "TipAdapter":
         self._cache(data)
@@ -109,11 +135,11 @@ class TipAdapter(Estimator):
         audio, zs = audio_and_zeroshot(data.text, data.store.embedding[np.asarray(idx)])
         with torch.no_grad():
             cache = cache_logits(audio, self.keys_, self.values_, self.beta_)
-        return (zs + self.alpha_ * cache).numpy()
+        return (zs + self.alpha_ * self.alpha_scale_ * cache).numpy()
 
     def artefacts(self) -> dict[str, np.ndarray]:
         return {"keys": self.keys_.numpy(), "values": self.values_.numpy(),
-                "alpha": np.float64(self.alpha_), "beta": np.float64(self.beta_)}
+                "alpha": np.float64(self.alpha_), "beta": np.float64(self.beta_), "alpha_scale": np.float64(self.alpha_scale_)}
 
 
 @register
@@ -122,14 +148,15 @@ class TipAdapterF(TipAdapter):
 
     name = "tip_adapter_f"
 
-    def __init__(self, alpha=ALPHA_GRID, beta=BETA_GRID, epochs: int = F_EPOCHS, lr: float = F_LR):
-        super().__init__(alpha, beta)
+    def __init__(self, alpha=ALPHA_GRID, beta=BETA_GRID, epochs: int = F_EPOCHS, lr: float = F_LR, alpha_unit: str = "raw"):
+        super().__init__(alpha, beta, alpha_unit)
         self.epochs = epochs
         self.lr = lr
 
     @classmethod
     def from_params(cls, params: dict) -> "TipAdapterF":
-        return cls(_grid(params, "tip_adapter.alpha"), _grid(params, "tip_adapter.beta"), get(params, "tip_adapter.epochs"))
+        alphas, betas, unit = _hyper(params)
+        return cls(alphas, betas, get(params, "tip_adapter.epochs"), alpha_unit=unit)
 
     def fit(self, data: FoldData) -> "TipAdapterF":
         self._cache(data)
@@ -151,7 +178,7 @@ class TipAdapterF(TipAdapter):
             if epoch:  # epoch 0 is the training-free cache
                 total = 0.0
                 for b in torch.randperm(len(y), generator=gen).split(F_BATCH):
-                    logits = x_zs[b] + INIT_ALPHA * cache_logits(x[b], keys, self.values_, INIT_BETA)
+                    logits = x_zs[b] + INIT_ALPHA * self.alpha_scale_ * cache_logits(x[b], keys, self.values_, INIT_BETA)
                     loss = F.cross_entropy(logits, y[b])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -161,7 +188,7 @@ class TipAdapterF(TipAdapter):
             with torch.no_grad():
                 row = dict(epoch=epoch, train_loss=total / len(y) if epoch else float("nan"), val_acc=float("nan"))
                 if len(val):
-                    pred = (zv + INIT_ALPHA * cache_logits(xv, keys, self.values_, INIT_BETA)).argmax(1)
+                    pred = (zv + INIT_ALPHA * self.alpha_scale_ * cache_logits(xv, keys, self.values_, INIT_BETA)).argmax(1)
                     row["val_acc"] = float((pred == yv).float().mean())
                     if row["val_acc"] > best[0]:
                         best = (row["val_acc"], keys.detach().clone(), epoch)

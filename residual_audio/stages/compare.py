@@ -27,6 +27,7 @@ def run(params: dict, metrics_dir: Path = METRICS_DIR) -> str:
             paired = block.get("paired", {})
             rows.append(dict(method=path.stem, dataset=ds, accuracy=block["accuracy"]["mean"], std=block["accuracy"]["std"],
                              top5=block["top5"]["mean"], params=block["params"], weights=block["weights"],
+                             tuning=block.get("tuning", "published"),
                              **{f"p_{ref}": (paired.get(f"vs_{ref}") or {}).get("p") for ref in PAIRED_REFERENCES}))
     table = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate(method_order(table.method.unique()))}

@@ -134,7 +134,8 @@ def run(params: dict, dataset: str, results_dir: Path = RESULTS_DIR) -> str:
         scores = task.fold_scores(res["logits"], res["labels"], res["fold_of"], len(folds))
         block = al.metric_block(scores, res["params"], str(res["weights"]), folds)
         weights.add(block["weights"])
-        details[method] = dict(block, dataset=dataset, environment=res["meta"].get("environment"))
+        details[method] = dict(block, dataset=dataset, tuning=res["meta"].get("tuning", "published"),
+                               environment=res["meta"].get("environment"))
         headline[method] = {"accuracy": round(block["accuracy"]["mean"], 6), "std": round(block["accuracy"]["std"], 6),
                             "params": block["params"]}
         for i, f in enumerate(folds):
@@ -157,7 +158,8 @@ def run(params: dict, dataset: str, results_dir: Path = RESULTS_DIR) -> str:
     paired = {m: {k: {"p": v["p"], "mean_diff": round(v["mean_diff"], 6)} for k, v in b["paired"].items()}
               for m, b in details.items()}
     weight = "random" if "random" in weights else "pretrained"
-    write_json(out_metrics / "alignment.json", {"weights": weight, "paired_test": al.PAIRED_TEST,
+    tunings = sorted({b["tuning"] for b in details.values()})
+    write_json(out_metrics / "alignment.json", {"weights": weight, "tuning": ", ".join(tunings), "paired_test": al.PAIRED_TEST,
                                                 **{m: {**h, "paired": paired[m]} for m, h in headline.items()}})
     with atomic_path(out_metrics / "accuracy") as tmp:  # what `dvc metrics show` lists: one row per method
         tmp.mkdir(parents=True)

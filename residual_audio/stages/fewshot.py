@@ -235,7 +235,7 @@ def fewshot_dataset(params: dict, dataset: str, metrics_path: Path | None = None
     zs = [task.accuracy(zeroshot_logits(store.embedding[s.test], text), store.label[s.test]) for s in splits]
     full_x = float(np.mean([len(s.train_all) / len(np.unique(store.label)) for s in splits]))
     curves, notes = [], []
-    metrics = {"weights": weights, "protocol": p.protocol, "accuracy": {},
+    metrics = {"weights": weights, "protocol": p.protocol, "tuning": get(params, "tuning.mode"), "accuracy": {},
                "environment": result_environment(store, str(context.get("device", "cpu")))}
     for method in methods:
         per = runs[runs.method == method]

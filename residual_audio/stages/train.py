@@ -9,6 +9,7 @@ import numpy as np
 
 from ..core.io import atomic_path
 from ..core.logs import progress
+from ..core.params import get
 from ..core.resume import Resume
 from ..data.paths import RESULTS_DIR
 from ..evaluation import results as al
@@ -72,12 +73,13 @@ def train_dataset(params: dict, dataset: str) -> Path:
         print(f"train {dataset}: {resume.reused} of {len(splits) * len(p.methods)} fits reused from an unfinished run "
              f"({resume.dir})", file=sys.stderr)
     out = RESULTS_DIR / dataset
+    tuning = get(params, "tuning.mode")
     env = result_environment(store, str(context.get("device", "cpu")))  # methods on embeddings run on the CPU
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
         for m, res in results.items():
             meta = {"inject_layers": sorted(p.inject_layers), "seed": p.seed, "cv": {"scheme": p.scheme, "k": p.k,
-                    "val_fraction": p.val_fraction}, "environment": env}
+                    "val_fraction": p.val_fraction}, "tuning": tuning, "environment": env}
             al.save_method_results(tmp / f"{m}.npz", m, res, store.label, store.classes, weights,
                                    estimators[m].get_params(), meta)
     resume.finish()

@@ -112,7 +112,13 @@ class ResiDualRecipe(Estimator):
 
     @classmethod
     def from_params(cls, params):
+        from dataclasses import replace
+
+        from ..baselines import tuned_lrs
+
         recipe = read_recipe(params, cls.recipe_name)
+        lrs = tuned_lrs(params, recipe.lr)
+        recipe = replace(recipe, lr=lrs if isinstance(recipe.lr, tuple) or len(lrs) > 1 else lrs[0])
         bases_on = cls.fixed_bases_on or get(params, "residual.bases_on")
         return cls(recipe, tuple(sorted(get(params, "inject_layers"))), bases_on)
 
