@@ -75,7 +75,7 @@ def test_dvc_experiments_and_metrics_diff(tmp_path):
     _run(root, "git", "commit", "-qm", "baseline run")
     metrics = {m: json.loads((root / "plots/alignment/folder/methods" / f"{m}.json").read_text()) for m in METHODS}
     headline = json.loads((root / "metrics/folder/alignment.json").read_text())
-    assert headline["weights"] == "random" and set(headline) == {"weights", "tuning", "paired_test", *METHODS}
+    assert headline["weights"] == "random" and set(headline) == {"weights", "tuning", "paired_test", "interval", *METHODS}
     assert headline["tuning"] == "published" and "tuning: published" in (root / "metrics/comparison.md").read_text()
     assert all(set(headline[m]) == {"accuracy", "std", "params", "paired"} for m in METHODS)
     # every method against zero-shot and the probe, on the same two folds (a 2-fold Wilcoxon p is 0.5 or 1)
@@ -83,6 +83,8 @@ def test_dvc_experiments_and_metrics_diff(tmp_path):
     assert set(fine) == {"vs_zeroshot", "vs_linear_probe"} and set(headline["zeroshot"]["paired"]) == {"vs_linear_probe"}
     assert all(v["p"] is None or v["p"] in (0.5, 1.0) for v in fine.values())
     assert "Paired tests, p vs zeroshot / vs linear_probe" in (root / "metrics/comparison.md").read_text()
+    lo, hi = fine["vs_zeroshot"]["ci95"]  # and a clip-level bootstrap interval of the accuracy difference
+    assert -1 <= lo <= hi <= 1 and "Accuracy minus zero-shot, 95 % interval" in (root / "metrics/comparison.md").read_text()
     for m in metrics.values():
         assert len(m["accuracy"]["folds"]) == 2 and m["weights"] == "random" and 0 <= m["top5"]["mean"] <= 1
     training_free = {"zeroshot", "tip_adapter"}
@@ -173,3 +175,24 @@ def test_the_paired_test_is_wilcoxons_exact_signed_rank_test():
     assert paired_test(base + np.array([1, -2, 3, 4, 5]) * 0.01, base)["p"] == pytest.approx(6 / 32)
     same = paired_test(base, base)
     assert same["p"] is None and same["n"] == 5 and same["mean_diff"] == 0.0
+
+
+def test_paired_bootstrap_against_a_plain_resampling_and_hand_made_cases():
+    """The clip-level interval: scipy's paired percentile bootstrap, checked against a plain-numpy resampling of
+    the clips (another random stream, so within 0.01) and against cases whose answer is known."""
+    from residual_audio.evaluation.results import paired_bootstrap
+
+    rng = np.random.default_rng(3)
+    a = (rng.random(400) < 0.7).astype(float)
+    b = np.where(rng.random(400) < 0.8, a, 1 - a)  # paired: mostly the same clips right
+    got = paired_bootstrap(a, b)
+    assert got["diff"] == pytest.approx(a.mean() - b.mean()) and got["n"] == 400
+    idx = np.random.default_rng(11).integers(0, 400, size=(20000, 400))
+    diffs = a[idx].mean(1) - b[idx].mean(1)
+    np.testing.assert_allclose(got["ci95"], np.percentile(diffs, [2.5, 97.5]), atol=0.01)
+    assert got["ci95"][0] <= got["diff"] <= got["ci95"][1]
+    assert paired_bootstrap(a, a)["ci95"] == [0.0, 0.0]  # the same method: no clip differs
+    ones, zeros = np.ones(50), np.zeros(50)
+    assert paired_bootstrap(ones, zeros)["diff"] == 1.0 and paired_bootstrap(ones, zeros)["ci95"] == pytest.approx([1, 1])
+    with pytest.raises(ValueError, match="paired bootstrap"):
+        paired_bootstrap(ones, np.ones(49))

@@ -159,6 +159,26 @@ def paired_test(scores, reference) -> dict:
     return out
 
 
+BOOTSTRAP = "paired bootstrap over clips, percentile 95 % interval (scipy.stats.bootstrap, 10000 resamples, seed 0)"
+
+
+def paired_bootstrap(correct, reference, n_resamples: int = 10_000, seed: int = 0) -> dict:
+    """The accuracy difference of two methods on the same clips (per-clip 0/1 correctness, paired), with a
+    percentile 95 % interval from resampling the clips (scipy.stats.bootstrap, paired, seeded)."""
+    from scipy.stats import bootstrap
+
+    a, b = np.asarray(correct, np.float64), np.asarray(reference, np.float64)
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise ValueError(f"paired bootstrap: {a.shape} against {b.shape} clips")
+    diff = float(a.mean() - b.mean())
+    if np.all(a == b):  # no clip differs: every resample gives 0
+        return {"test": BOOTSTRAP, "n": int(len(a)), "diff": diff, "ci95": [0.0, 0.0]}
+    res = bootstrap((a, b), lambda x, y, axis=-1: x.mean(axis) - y.mean(axis), paired=True, vectorized=True,
+                    n_resamples=n_resamples, confidence_level=0.95, method="percentile", random_state=seed)
+    ci = res.confidence_interval
+    return {"test": BOOTSTRAP, "n": int(len(a)), "diff": diff, "ci95": [float(ci.low), float(ci.high)]}
+
+
 def method_order(methods) -> list[str]:
     """Known methods in their canonical order, then any others alphabetically."""
     known = [m for m in METHODS if m in methods]
@@ -198,4 +218,15 @@ def comparison_markdown(table: pd.DataFrame) -> str:
                       "difference on any fold)", "",
                   "| method | " + " | ".join(p.columns) + " |", "| --- | " + " | ".join("---" for _ in p.columns) + " |"]
         lines += [f"| {m} | " + " | ".join(str(p.loc[m, c]) for c in p.columns) + " |" for m in method_order(p.index)]
+    if "diff_zeroshot" in table and table["diff_zeroshot"].notna().any():
+        def ci_cell(row):
+            if pd.isna(row["diff_zeroshot"]):
+                return "–"
+            return f"{row['diff_zeroshot']:+.3f} [{row['ci_low_zeroshot']:+.3f}, {row['ci_high_zeroshot']:+.3f}]"
+
+        ci = table.assign(cell=[ci_cell(row) for _, row in table.iterrows()]).pivot(index="method", columns="dataset",
+                                                                                   values="cell")
+        lines += ["", f"Accuracy minus zero-shot, 95 % interval ({BOOTSTRAP})", "",
+                  "| method | " + " | ".join(ci.columns) + " |", "| --- | " + " | ".join("---" for _ in ci.columns) + " |"]
+        lines += [f"| {m} | " + " | ".join(str(ci.loc[m, c]) for c in ci.columns) + " |" for m in method_order(ci.index)]
     return "\n".join(lines) + "\n"

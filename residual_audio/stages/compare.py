@@ -12,6 +12,13 @@ from ..data.paths import METRICS_DIR, PLOTS_DIR
 from ..evaluation.results import ALIGNMENT_PLOTS, PAIRED_REFERENCES, _csv, comparison_markdown, method_order
 
 
+def _interval(paired: dict, ref: str) -> dict:
+    """diff, ci_low, ci_high of the paired bootstrap against `ref` (None when there is none)."""
+    b = (paired.get(f"vs_{ref}") or {}).get("bootstrap") or {}
+    lo, hi = b.get("ci95", [None, None])
+    return {"diff": b.get("diff"), "ci_low": lo, "ci_high": hi}
+
+
 def run(params: dict, metrics_dir: Path = METRICS_DIR) -> str:
     """The method × dataset table, a pure function of every listed dataset's plots/alignment/<dataset>/methods/*.json."""
     from ..core.params import dataset_names
@@ -28,7 +35,8 @@ def run(params: dict, metrics_dir: Path = METRICS_DIR) -> str:
             rows.append(dict(method=path.stem, dataset=ds, accuracy=block["accuracy"]["mean"], std=block["accuracy"]["std"],
                              top5=block["top5"]["mean"], params=block["params"], weights=block["weights"],
                              tuning=block.get("tuning", "published"),
-                             **{f"p_{ref}": (paired.get(f"vs_{ref}") or {}).get("p") for ref in PAIRED_REFERENCES}))
+                             **{f"p_{ref}": (paired.get(f"vs_{ref}") or {}).get("p") for ref in PAIRED_REFERENCES},
+                             **{f"{k}_{ref}": v for ref in PAIRED_REFERENCES for k, v in _interval(paired, ref).items()}))
     table = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate(method_order(table.method.unique()))}
     table = table.sort_values(["dataset", "method"], key=lambda c: c.map(order) if c.name == "method" else c,

@@ -127,7 +127,7 @@ def run(params: dict, dataset: str, results_dir: Path = RESULTS_DIR) -> str:
     methods = collect([dataset], results_dir, names)[dataset]
     out_plots, out_metrics = ALIGNMENT_PLOTS / dataset, METRICS_DIR / dataset
     headline, details, fold_rows, learning, recall_rows, comparison = {}, {}, [], [], [], []
-    weights = set()
+    weights, correct = set(), {}
     for method in progress(method_order(methods), desc=f"evaluate {dataset}"):
         res = methods[method]
         folds = [str(f) for f in res["folds"]]
@@ -144,6 +144,7 @@ def run(params: dict, dataset: str, results_dir: Path = RESULTS_DIR) -> str:
         learning += [dict(method=method, **row) for row in res["history"] if "epoch" in row]
         classes = [str(c) for c in res["classes"]]
         pred = np.nan_to_num(res["logits"], nan=-np.inf).argmax(1)
+        correct[method] = (res["fold_of"] >= 0, pred == res["labels"])  # (tested clips, right or not)
         for c, name in enumerate(classes):
             sel = res["labels"] == c
             if sel.any():
@@ -155,11 +156,18 @@ def run(params: dict, dataset: str, results_dir: Path = RESULTS_DIR) -> str:
         block["paired"] = {f"vs_{ref}": al.paired_test(block["accuracy"]["folds"], details[ref]["accuracy"]["folds"])
                            for ref in al.PAIRED_REFERENCES if ref in details and ref != method
                            and details[ref]["fold_names"] == block["fold_names"]}
-    paired = {m: {k: {"p": v["p"], "mean_diff": round(v["mean_diff"], 6)} for k, v in b["paired"].items()}
+        for ref in al.PAIRED_REFERENCES:  # and clip by clip, on the clips both were tested on
+            if f"vs_{ref}" in block["paired"]:
+                both = correct[method][0] & correct[ref][0]
+                block["paired"][f"vs_{ref}"]["bootstrap"] = al.paired_bootstrap(correct[method][1][both],
+                                                                                correct[ref][1][both])
+    paired = {m: {k: {"p": v["p"], "mean_diff": round(v["mean_diff"], 6),
+                      "ci95": [round(c, 6) for c in v["bootstrap"]["ci95"]]} for k, v in b["paired"].items()}
               for m, b in details.items()}
     weight = "random" if "random" in weights else "pretrained"
     tunings = sorted({b["tuning"] for b in details.values()})
     write_json(out_metrics / "alignment.json", {"weights": weight, "tuning": ", ".join(tunings), "paired_test": al.PAIRED_TEST,
+                                                "interval": al.BOOTSTRAP,
                                                 **{m: {**h, "paired": paired[m]} for m, h in headline.items()}})
     with atomic_path(out_metrics / "accuracy") as tmp:  # what `dvc metrics show` lists: one row per method
         tmp.mkdir(parents=True)
