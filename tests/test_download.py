@@ -525,3 +525,21 @@ def test_offline_failure_names_the_source_and_the_way_out(esc_tree, tmp_path, mo
     with pytest.raises(NetworkError, match=r"model\.checkpoint: .*model\.checkpoint=random"):
         model_stage.run(params, tmp_path)
     assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()]  # nothing written
+
+
+def test_a_missing_relative_source_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    """Relative sources resolve against the project folder; in the temporary copy where `dvc queue start` runs an
+    experiment, paths outside the project (the README's ../shared) do not, and the line says so."""
+    from residual_audio.data.fetch import check_local_sources
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DownloadError, match=rf"model.tokenizer: ../shared/x not found \(relative to {tmp_path}\)$"):
+        check_local_sources([("model.tokenizer", "../shared/x")])
+    queued = tmp_path / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    queued.mkdir(parents=True)
+    monkeypatch.chdir(queued)
+    with pytest.raises(DownloadError, match=r"data.esc50.source: ../shared/esc50 not found .*`dvc queue`.*give an "
+                                            r"absolute path"):
+        check_local_sources([("data.esc50.source", "../shared/esc50")])
+    with pytest.raises(DownloadError, match=r"^data.esc50.source: /nowhere/esc50 not found$"):
+        check_local_sources([("data.esc50.source", "/nowhere/esc50")])

@@ -155,7 +155,7 @@ def fetch_file(source: str, dest: Path, sha256: str | None = None, key: str = "s
     path = Path(source).expanduser()
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "not found"
-        raise DownloadError(f"{key}: {path} {what}")
+        raise DownloadError(not_found(key, path, what) if what == "not found" else f"{key}: {path} {what}")
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(dest, "part")
@@ -331,7 +331,7 @@ def place(source: str, dest: Path, sha256: str | None, key: str, limits: tuple[i
     name = source_name(source)
     local = None if is_url(source) else Path(source).expanduser()
     if local is not None and not local.exists():
-        raise DownloadError(f"{key}: {local} not found")
+        raise DownloadError(not_found(key, local))
     if local is not None and local.is_dir():
         if sha256 is not None:
             raise DownloadError(f"{key}: a sha256 was given but {local} is a directory (only files can be verified)")
@@ -589,7 +589,8 @@ def _fetch_tokenizer(source: str, dest: Path) -> None:
     else:
         directory = Path(source).expanduser()
         if not directory.is_dir():
-            raise DownloadError(f"model.tokenizer: {directory} is not a directory holding {' and '.join(TOKENIZER_FILES)}")
+            raise DownloadError(not_found("model.tokenizer", directory,
+                                          f"is not a directory holding {' and '.join(TOKENIZER_FILES)}"))
         for name in TOKENIZER_FILES:
             if not (directory / name).is_file():
                 raise DownloadError(f"model.tokenizer: {directory / name} not found")
@@ -677,10 +678,28 @@ def fetch_clapmodel(source: str, dest: str | os.PathLike, sha256: str | None = N
     return names
 
 
+QUEUE_DIR = (".dvc", "tmp", "exps")  # where `dvc queue start` runs a queued experiment: a temporary copy
+
+
+def not_found(key: str, path, what: str = "not found") -> str:
+    """`key: path not found`, and for a relative path where it was looked for; inside a queued DVC
+    experiment's temporary copy, that such paths must be absolute."""
+    line = f"{key}: {path} {what}"
+    if Path(str(path)).expanduser().is_absolute():
+        return line
+    cwd = Path.cwd()
+    parts = cwd.parts
+    queued = any(parts[i : i + 3] == QUEUE_DIR for i in range(len(parts) - 2))
+    if queued:
+        return (line + f" (relative to {cwd}, the temporary copy of the project where `dvc queue` runs the "
+                "experiment: paths outside the project do not resolve there; give an absolute path)")
+    return line + f" (relative to {cwd})"
+
+
 def check_local_sources(sources: list[tuple[str, object]]) -> None:
     """Every local source must exist before anything is fetched or written (URLs are checked when fetched)."""
     for key, source in sources:
         if _none(source) or is_url(str(source)) or str(source).strip().lower() in ("random", "auto"):
             continue
         if not Path(str(source)).expanduser().exists():
-            raise DownloadError(f"{key}: {source} not found")
+            raise DownloadError(not_found(key, source))
