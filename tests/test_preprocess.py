@@ -131,3 +131,23 @@ def test_real_esc50_subset(tmp_path, shared_data, front):
     mel = g["mel"][:]
     # a repeated 5 s clip gives a mel whose two halves match away from the edges
     assert np.allclose(mel[:, 100:400], mel[:, 600:900], atol=1e-3)
+
+
+def test_workers_write_the_same_store_byte_for_byte(tmp_path, front, monkeypatch):
+    """Decoding and resampling in a pool of processes (`preprocess.workers`) gives the store of the one-process
+    run, byte for byte: the same clip order, shard by shard. A bad clip still fails in one line naming it."""
+    monkeypatch.setattr(preprocess, "MIN_POOL_CLIPS", 4)  # a pool even for this small set
+    clips, classes = list_clips("folder", write_folder_dataset(tmp_path / "raw", per_class=5))
+    stores = {}
+    for workers in (1, 2):
+        store, table = tmp_path / f"w{workers}.zarr", tmp_path / f"w{workers}.csv"
+        preprocess.preprocess(clips, classes, front, store, table, dataset="folder", weights="random", batch_size=3,
+                              shard_clips=4, progress=False, workers=workers)
+        stores[workers] = (tree_digest(store), table.read_bytes())
+    assert stores[1] == stores[2]
+    bad = tmp_path / "raw" / "engine" / "engine-2.wav"
+    bad.write_bytes(b"RIFF0000WAVEfmt not audio")
+    with pytest.raises(audio.AudioError, match="engine-2.wav"):
+        preprocess.preprocess(clips, classes, front, tmp_path / "bad.zarr", tmp_path / "bad.csv", dataset="folder",
+                              weights="random", shard_clips=4, progress=False, workers=2)
+    assert not (tmp_path / "bad.zarr").exists()

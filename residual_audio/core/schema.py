@@ -126,6 +126,9 @@ SCHEMA: dict[str, dict] = {
     "preprocess.crop": Any_(Choice("start", "center"), Int(min=0), default="start",
                             help="clips longer than 10 s: keep the window at start, center or this sample offset"),
     "preprocess.batch_size": Int(min=1, default=16, help="clips per log-mel batch"),
+    "preprocess.workers": Any_(Choice("auto"), Int(min=1), default="auto",
+                               help="processes that decode and resample (auto: the machine's cores; the store is the "
+                                    "same for any number)"),
     "preprocess.min_seconds": Num(min=0, default=0.1, help="shorter clips are refused"),
     "preprocess.front_end": Choice("exact", "laion_api", default="exact",
                                    help="exact (soundfile + polyphase resampling) | laion_api (librosa, as LAION's API)"),

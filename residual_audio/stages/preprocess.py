@@ -6,12 +6,14 @@ not re-run downstream stages), and written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
 import sys
 import time
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +66,41 @@ def portable_path(path) -> str:
     return str(path) if rel.startswith("..") else rel
 
 
+def load_wave(path, audio_rate: int, clip_samples: int, quantize: bool, fill: str, crop, front_end: str,
+              min_seconds: float) -> tuple[np.ndarray, dict, float, float]:
+    """One clip decoded, checked, resampled to `audio_rate` and padded or cropped to `clip_samples`:
+    (wave, {orig_sr, duration}, decode seconds, resample seconds). A plain function of plain values, so that
+    a pool of worker processes can run it; the same numbers whichever process does."""
+    t0 = time.perf_counter()
+    x, sr = audio.decode(path)
+    audio.check_duration(path, len(x), sr, min_seconds)
+    info = {"orig_sr": sr, "duration": len(x) / sr}
+    t1 = time.perf_counter()
+    x = audio.load_laion_api(path) if front_end == "laion_api" else audio.resample(x, sr, audio_rate)
+    x = audio.check_audible(path, audio.quantize_int16(x) if quantize else x)
+    x = audio.fit_length(x, clip_samples, crop, fill)
+    return x, info, t1 - t0, time.perf_counter() - t1
+
+
+def _pool(workers: int, n: int):
+    """A process pool for decoding and resampling, or None to do it in this process (one worker, or too few
+    clips to pay for starting the pool)."""
+    if workers <= 1 or n < MIN_POOL_CLIPS:
+        return None
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+MIN_POOL_CLIPS = 32
+
+
+def resolve_workers(value) -> int:
+    """`preprocess.workers`: `auto` is the machine's cores."""
+    return max(1, os.cpu_count() or 1) if value == "auto" else int(value)
+
+
 def preprocess(
     clips,
     classes: list[str],
@@ -81,12 +118,16 @@ def preprocess(
     progress: bool = True,
     min_seconds: float = audio.MIN_SECONDS,
     origin=None,
+    workers: int = 1,
 ) -> dict:
     """Decode, resample, pad/crop and log-mel every clip into `store_path`; return stage timings (s).
 
     `origin(path)` names a clip's original file (the user's source) in audio errors.
     `front_end`: 'exact' (soundfile, exact-length polyphase resampling) or 'laion_api' (the
-    file loaded and resampled as LAION's `get_audio_embedding_from_filelist` does)."""
+    file loaded and resampled as LAION's `get_audio_embedding_from_filelist` does).
+    `workers` > 1 decodes and resamples in that many processes, one shard at a time in clip order, so the
+    store is byte-identical to the one-process run and memory stays bounded by the shard; the log-mel runs
+    here, in batches."""
     if front_end not in FRONT_ENDS:
         raise ValueError(f"front_end must be one of {FRONT_ENDS}, not {front_end!r}")
     if front_end == "laion_api" and (front.audio_rate, front.clip_samples) != (audio.SAMPLE_RATE, audio.CLIP_SAMPLES):
@@ -100,7 +141,12 @@ def preprocess(
     n = len(clips)
     frames, mels = front(torch.zeros(1, front.clip_samples)).shape[1:]
     infos = []
-    with atomic_path(store_path) as tmp_store, atomic_path(table_path) as tmp_table:
+    wave_of = partial(load_wave, audio_rate=front.audio_rate, clip_samples=front.clip_samples, quantize=front.quantize,
+                      fill=front.fill, crop=crop, front_end=front_end, min_seconds=min_seconds)
+    pool = _pool(workers, n)
+    with contextlib.ExitStack() as stack, atomic_path(store_path) as tmp_store, atomic_path(table_path) as tmp_table:
+        if pool is not None:
+            stack.enter_context(pool)
         group = zarr.open_group(tmp_store, mode="w", zarr_format=3)
         shard = (min(shard_clips, n), frames, mels)
         mel_arr = group.create_array("mel", shape=(n, frames, mels), dtype="float32", chunks=(1, frames, mels),
@@ -109,32 +155,27 @@ def preprocess(
         for start in range(0, n, shard[0]):
             part = clips[start : start + shard[0]]
             out = np.empty((len(part), frames, mels), dtype=np.float32)
-            for b in range(0, len(part), batch_size):
-                batch = part[b : b + batch_size]
-                waves = []
-                for clip in batch:
+            paths = [clip.path for clip in part]
+            try:
+                loaded = pool.map(wave_of, paths, chunksize=4) if pool is not None else map(wave_of, paths)
+                for b in range(0, len(part), batch_size):
+                    waves = []
+                    for _ in part[b : b + batch_size]:
+                        x, info, t_decode, t_resample = next(loaded)
+                        infos.append(info)
+                        timings["decode"] += t_decode
+                        timings["resample"] += t_resample
+                        waves.append(x)
                     t0 = time.perf_counter()
-                    try:
-                        x, sr = audio.decode(clip.path)
-                        audio.check_duration(clip.path, len(x), sr, min_seconds)
-                        infos.append({"orig_sr": sr, "duration": len(x) / sr})
-                        t1 = time.perf_counter()
-                        x = (audio.load_laion_api(clip.path) if front_end == "laion_api"
-                             else audio.resample(x, sr, front.audio_rate))
-                        x = audio.check_audible(clip.path, audio.quantize_int16(x) if front.quantize else x)
-                    except audio.AudioError as exc:
-                        if origin is None:
-                            raise
-                        raise audio.AudioError(str(exc).replace(str(clip.path), origin(clip.path), 1)) from None
-                    x = audio.fit_length(x, front.clip_samples, crop, front.fill)
-                    t2 = time.perf_counter()
-                    timings["decode"] += t1 - t0
-                    timings["resample"] += t2 - t1
-                    waves.append(x)
-                t0 = time.perf_counter()
-                out[b : b + len(batch)] = front(torch.from_numpy(np.stack(waves))).numpy()
-                timings["mel"] += time.perf_counter() - t0
-                bar.update(len(batch))
+                    out[b : b + len(waves)] = front(torch.from_numpy(np.stack(waves))).numpy()
+                    timings["mel"] += time.perf_counter() - t0
+                    bar.update(len(waves))
+            except audio.AudioError as exc:
+                if origin is None:
+                    raise
+                message = str(exc)
+                bad = next((p for p in paths if str(p) in message), None)
+                raise audio.AudioError(message.replace(str(bad), origin(bad), 1) if bad is not None else message) from None
             t0 = time.perf_counter()
             mel_arr[start : start + len(part)] = out
             timings["write"] += time.perf_counter() - t0
@@ -173,6 +214,7 @@ def run(params: dict, name: str, workdir: str | Path = ".") -> Path:
     front_end = get(params, "preprocess.front_end")
     batch_size = get(params, "preprocess.batch_size")
     min_seconds = get(params, "preprocess.min_seconds")
+    workers = resolve_workers(get(params, "preprocess.workers"))
 
     clips, classes = datasets.list_clips(name, workdir / RAW_DIR / name, **options)
     clips = datasets.select(clips, limit, seed)
@@ -189,7 +231,7 @@ def run(params: dict, name: str, workdir: str | Path = ".") -> Path:
     timings = preprocess(clips, classes, front, out / f"{name}.zarr", out / f"{name}.csv", dataset=name,
                          weights=weights, crop=crop, front_end=front_end, batch_size=batch_size,
                          attrs={"params": used}, min_seconds=min_seconds,
-                         origin=lambda path: original_source(raw, path))
+                         origin=lambda path: original_source(raw, path), workers=workers)
     total = sum(timings.values())
     print(f"preprocess: {len(clips)} clips of {name}, {len(classes)} classes; "
           + ", ".join(f"{k} {v / total:.0%}" for k, v in timings.items()), file=sys.stderr)
