@@ -1,6 +1,6 @@
 """Preprocess throughput vs the model's own forward, measured side by side in one run.
 
-    python bench/bench_preprocess.py [--clips 400] [--data ../shared/data/esc50-fold4]
+    python bench/bench_preprocess.py [--clips 400] [--data ../shared/data/esc50-fold4] [--workers 2]
 
 Prints clips/s of preprocessing (wall) with its per-stage share (decode, resample, mel,
 write), clips/s of a plain HTSAT-tiny forward from the cached mel, and their ratio
@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=400)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--forward-clips", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=1, help="decoding processes (preprocess.workers)")
     args = ap.parse_args()
     if not (args.data / "meta" / "esc50.csv").is_file():
         sys.exit(f"{args.data}: ESC-50 layout not found (pass --data)")
@@ -45,7 +46,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         timings = preprocess.preprocess(clips, classes, front, Path(tmp) / "m.zarr", Path(tmp) / "m.csv",
-                                        dataset="esc50", weights="random", batch_size=args.batch_size, progress=False)
+                                        dataset="esc50", weights="random", batch_size=args.batch_size, progress=False,
+                                        workers=args.workers)
         wall = time.perf_counter() - t0
         mel = torch.from_numpy(zarr.open_group(Path(tmp) / "m.zarr", mode="r")["mel"][: args.forward_clips])
     pre_rate = len(clips) / wall
