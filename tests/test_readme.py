@@ -148,7 +148,7 @@ def test_experiments_travel_with_dvc_exp_push_and_pull(offline_example, tmp_path
     """The README's experiment, pushed with `dvc exp push` to a git remote and a DVC remote, then pulled into a
     fresh clone with `dvc exp pull`: the clone lists it, applies it, and DVC finds every output in place."""
     run = offline_example
-    names = run.sh(". .venv/bin/activate && dvc exp list --name-only").split()
+    names = run.sh(". .venv/bin/activate && dvc exp list --all-commits --name-only").split()
     assert names, "the README's `dvc exp run` made no experiment"
     exp = names[0]
     git_remote, dvc_remote, clone = tmp_path / "origin.git", tmp_path / "exps", tmp_path / "clone"
@@ -158,6 +158,6 @@ def test_experiments_travel_with_dvc_exp_push_and_pull(offline_example, tmp_path
     subprocess.run(["git", "clone", "-q", "-b", "main", str(git_remote), str(clone)], check=True)
     (clone / ".venv").symlink_to(run.venv.parent)
     out = run.sh(f". .venv/bin/activate && dvc remote add -d exps {dvc_remote} --local -f && dvc exp pull origin {exp} && "
-                 f"dvc exp list --name-only && dvc exp apply {exp} && dvc status", cwd=clone, timeout=600)
+                 f"dvc exp list --all-commits --name-only && dvc exp apply {exp} && dvc status", cwd=clone, timeout=600)
     assert exp in out and "up to date" in out, out
     assert (clone / "metrics" / "comparison.md").is_file()
