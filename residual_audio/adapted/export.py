@@ -60,7 +60,7 @@ def export(params: dict, dataset: str, method: str, out: str | Path | None = Non
         "checkpoint": store.checkpoint_sha256 or "random", "weights": store.weights,
         "unit_names": list(store.unit_names),
         "front_end": {"mel_sha256": attrs.get("mel_sha256"), "crop": mel.attrs.get("crop", "start"),
-                      "min_seconds": get(params, "preprocess.min_seconds")},
+                      "loader": mel.attrs.get("front_end", "exact"), "min_seconds": get(params, "preprocess.min_seconds")},
         "refit": {"fitting_clips": counts(split.train), "validation_clips": counts(split.val), "seed": seed,
                   "val_fraction": fraction if len(split.val) else 0.0},
         "environment": environment("cpu", checkpoint_sha256=store.checkpoint_sha256),

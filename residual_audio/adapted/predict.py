@@ -17,13 +17,13 @@ import torch
 
 from ..core import logs
 from ..core.io import sha256_file
-from ..data import audio
 from ..data.units import UnitStore
 from ..evaluation.protocol import Split
 from ..methods import REGISTRY, FoldData
 from ..models.checkpoints import front_end, identity_file, load_model
 from ..models.decompose import unit_names
 from ..stages.extract import HeadExtractor
+from ..stages.preprocess import load_wave
 from .bundle import Bundle, BundleError, read_bundle
 
 
@@ -44,14 +44,6 @@ def check_model(bundle: Bundle, path: Path, checkpoint, model, front) -> None:
                           f"HTSAT-{variant} (model.variant)")
     if front.fingerprint() != m["front_end"]["mel_sha256"]:
         raise BundleError(f"{path}: made with another log-mel front end than {checkpoint}'s")
-
-
-def load_clip(path, front, crop, min_seconds: float) -> np.ndarray:
-    x, sr = audio.decode(path)
-    audio.check_duration(path, len(x), sr, min_seconds)
-    x = audio.resample(x, sr, front.audio_rate)
-    x = audio.check_audible(path, audio.quantize_int16(x) if front.quantize else x)
-    return audio.fit_length(x, front.clip_samples, crop, front.fill)
 
 
 def predict(bundle_path, files, checkpoint, batch_size: int = 8) -> tuple[list[str], np.ndarray]:
@@ -80,7 +72,8 @@ def predict(bundle_path, files, checkpoint, batch_size: int = 8) -> tuple[list[s
     bar = logs.progress(total=len(files), desc="predict", unit="clips")
     for start in range(0, len(files), batch_size):
         batch = files[start : start + batch_size]
-        waves = np.stack([load_clip(f, front, fe["crop"], fe["min_seconds"]) for f in batch])
+        waves = np.stack([load_wave(f, front.audio_rate, front.clip_samples, front.quantize, front.fill, fe["crop"],
+                                    fe["loader"], fe["min_seconds"])[0] for f in batch])
         with torch.no_grad():
             out = extractor(front(torch.from_numpy(waves)))
         parts["units"].append(out["direct/units"].numpy())

@@ -212,21 +212,21 @@ def comparison_markdown(table: pd.DataFrame) -> str:
         def p_cell(row):
             return " / ".join("–" if pd.isna(row[f"p_{r}"]) else f"{row[f'p_{r}']:.3g}" for r in refs)
 
-        p = table.assign(cell=[p_cell(row) for _, row in table.iterrows()]).pivot(index="method", columns="dataset",
-                                                                                   values="cell")
         lines += ["", f"Paired tests, p vs {' / vs '.join(refs)} ({PAIRED_TEST}; –: the same method, or no "
-                      "difference on any fold)", "",
-                  "| method | " + " | ".join(p.columns) + " |", "| --- | " + " | ".join("---" for _ in p.columns) + " |"]
-        lines += [f"| {m} | " + " | ".join(str(p.loc[m, c]) for c in p.columns) + " |" for m in method_order(p.index)]
+                      "difference on any fold)", "", *_method_table(table, p_cell)]
     if "diff_zeroshot" in table and table["diff_zeroshot"].notna().any():
         def ci_cell(row):
             if pd.isna(row["diff_zeroshot"]):
                 return "–"
             return f"{row['diff_zeroshot']:+.3f} [{row['ci_low_zeroshot']:+.3f}, {row['ci_high_zeroshot']:+.3f}]"
 
-        ci = table.assign(cell=[ci_cell(row) for _, row in table.iterrows()]).pivot(index="method", columns="dataset",
-                                                                                   values="cell")
-        lines += ["", f"Accuracy minus zero-shot, 95 % interval ({BOOTSTRAP})", "",
-                  "| method | " + " | ".join(ci.columns) + " |", "| --- | " + " | ".join("---" for _ in ci.columns) + " |"]
-        lines += [f"| {m} | " + " | ".join(str(ci.loc[m, c]) for c in ci.columns) + " |" for m in method_order(ci.index)]
+        lines += ["", f"Accuracy minus zero-shot, 95 % interval ({BOOTSTRAP})", "", *_method_table(table, ci_cell)]
     return "\n".join(lines) + "\n"
+
+
+def _method_table(table: pd.DataFrame, cell) -> list[str]:
+    """Markdown lines of a method × dataset table whose cells are `cell(row)`, methods in the canonical order."""
+    wide = table.assign(cell=[cell(row) for _, row in table.iterrows()]).pivot(index="method", columns="dataset",
+                                                                              values="cell")
+    return (["| method | " + " | ".join(wide.columns) + " |", "| --- | " + " | ".join("---" for _ in wide.columns) + " |"]
+            + [f"| {m} | " + " | ".join(str(wide.loc[m, c]) for c in wide.columns) + " |" for m in method_order(wide.index)])

@@ -157,8 +157,7 @@ class LinearProbe(Estimator):
     exportable = True
 
     def state(self):
-        return {"coef": self.coef_, "intercept": self.intercept_, "C": np.float64(self.C_),
-                "n_params": np.int64(self.n_params_)}
+        return {**self.artefacts(), "n_params": np.int64(self.n_params_)}
 
     def restore(self, state, text):
         self.coef_, self.intercept_ = state["coef"].astype(np.float32), state["intercept"].astype(np.float32)

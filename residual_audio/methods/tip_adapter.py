@@ -102,6 +102,10 @@ class TipAdapter(Estimator):
         """What α is multiplied by: CLAP's logit scale / 100 when α is given on CLIP's scale (`alpha_unit: clip`)."""
         return float(text.logit_scale) / 100.0 if self.alpha_unit == "clip" else 1.0
 
+    def _votes(self, audio: torch.Tensor, keys: torch.Tensor, beta: float) -> torch.Tensor:
+        """The cache's vote (`cache_logits`) in the units α multiplies: scaled by `alpha_scale_`."""
+        return self.alpha_scale_ * cache_logits(audio, keys, self.values_, beta)
+
     def _cache(self, data: FoldData) -> None:
         idx = np.asarray(data.split.train)
         self.alpha_scale_ = self._scale(data.text)
@@ -120,8 +124,7 @@ class TipAdapter(Estimator):
             audio, zs = audio_and_zeroshot(data.text, data.store.embedding[val])
             with torch.no_grad():
                 self.alpha_, self.beta_, self.val_acc_ = search(
-                    zs, lambda b: self.alpha_scale_ * cache_logits(audio, self.keys_, self.values_, b), data.labels[val],
-                    self.alpha, self.beta)
+                    zs, lambda b: self._votes(audio, self.keys_, b), data.labels[val], self.alpha, self.beta)
 
     def fit(self, data: FoldData) -> "TipAdapter":
         self._cache(data)
@@ -134,8 +137,8 @@ class TipAdapter(Estimator):
         self._check_fitted()
         audio, zs = audio_and_zeroshot(data.text, data.store.embedding[np.asarray(idx)])
         with torch.no_grad():
-            cache = cache_logits(audio, self.keys_, self.values_, self.beta_)
-        return (zs + self.alpha_ * self.alpha_scale_ * cache).numpy()
+            cache = self._votes(audio, self.keys_, self.beta_)
+        return (zs + self.alpha_ * cache).numpy()
 
     def artefacts(self) -> dict[str, np.ndarray]:
         return {"keys": self.keys_.numpy(), "values": self.values_.numpy(),
@@ -178,7 +181,7 @@ class TipAdapterF(TipAdapter):
             if epoch:  # epoch 0 is the training-free cache
                 total = 0.0
                 for b in torch.randperm(len(y), generator=gen).split(F_BATCH):
-                    logits = x_zs[b] + INIT_ALPHA * self.alpha_scale_ * cache_logits(x[b], keys, self.values_, INIT_BETA)
+                    logits = x_zs[b] + INIT_ALPHA * self._votes(x[b], keys, INIT_BETA)
                     loss = F.cross_entropy(logits, y[b])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -188,7 +191,7 @@ class TipAdapterF(TipAdapter):
             with torch.no_grad():
                 row = dict(epoch=epoch, train_loss=total / len(y) if epoch else float("nan"), val_acc=float("nan"))
                 if len(val):
-                    pred = (zv + INIT_ALPHA * self.alpha_scale_ * cache_logits(xv, keys, self.values_, INIT_BETA)).argmax(1)
+                    pred = (zv + INIT_ALPHA * self._votes(xv, keys, INIT_BETA)).argmax(1)
                     row["val_acc"] = float((pred == yv).float().mean())
                     if row["val_acc"] > best[0]:
                         best = (row["val_acc"], keys.detach().clone(), epoch)

@@ -184,13 +184,14 @@ def run_grid(store, text, splits: list[Split], p: FewshotParams, params: dict, m
             data = FoldData(store, text, Split(f"{split.name}/seed{s}/{k}shot", fit, own_val, split.test),
                             seed=p.seed + 1000 * s + f, unlabelled=split.train_all, context=context)
             bar.set_postfix_str(f"{split.name}, seed {s}, {k} shots: {method}")
-            unit = {"method": method, "hyper": build(method, params).get_params(), "name": data.split.name,
+            est = build(method, params)
+            unit = {"method": method, "hyper": est.get_params(), "name": data.split.name,
                     "seed": data.seed, "fit": fit, "val": own_val, "test": split.test, "unlabelled": split.train_all}
             cached = resume.get(unit) if resume is not None else None
             if cached is not None:
                 row = cached[1]
             else:
-                est = build(method, params).fit(data)
+                est.fit(data)
                 acc = task.accuracy(est.logits(data, split.test), store.label[split.test])
                 row = dict(method=method, fold=split.name, seed=s, shots=k, accuracy=acc, params=int(est.n_params_))
                 if resume is not None:

@@ -215,9 +215,6 @@ class ResiDualRecipe(Estimator):
         n_lam = len(self.bases_.owner) if r.pca else len(chosen)
         self.init_seed_ = int(data.seed)
         self.lam_init_ = init_lambda(n_lam, r.lam_init, self.init_seed_)
-        back = self.bases_.back if self.bases_.back is not None else self.bases_.components
-        psi = torch.from_numpy(back) @ head.w1.T if r.pca else None
-        offset = 1.0 if identity_form(r) else 0.0
         tr, va = data.split.train, data.split.val
         ftr, fva = self._features(data, tr), self._features(data, va)
         cfg = TrainConfig(max_epochs=r.max_epochs, patience=r.patience, batch_size=r.batch_size, monitor=r.select_on,
@@ -225,11 +222,18 @@ class ResiDualRecipe(Estimator):
                           warmup_epochs=r.warmup_epochs, select_from_epoch=r.select_from_epoch)
         lrs = r.lr if isinstance(r.lr, tuple) else (float(r.lr),)
         self.model_, self.history_, self.lr_, self.lr_scores_ = train_grid(
-            lambda: RecipeModel(head, self.lam_init_, psi, offset), lrs, ftr, data.labels[tr], fva, data.labels[va], cfg,
+            lambda: self._model(head, self.lam_init_), lrs, ftr, data.labels[tr], fva, data.labels[va], cfg,
             desc=self.name)
         self.lam_ = self.model_.lam.detach().numpy().copy()
         self.n_params_ = int(n_lam)
         return self
+
+    def _model(self, head: FrozenHead, lam: np.ndarray) -> RecipeModel:
+        """The trainable model over the fitted bases (λ = `lam`): the map back through the head's first layer,
+        Ψ = (back rows, or Φ) W₁ᵀ, and the offset of the identity form."""
+        b = self.bases_
+        psi = torch.from_numpy(b.back if b.back is not None else b.components) @ head.w1.T if self.recipe.pca else None
+        return RecipeModel(head, lam, psi, 1.0 if identity_form(self.recipe) else 0.0)
 
     def logits(self, data: FoldData, idx) -> np.ndarray:
         self._check_fitted()
@@ -255,8 +259,9 @@ class ResiDualRecipe(Estimator):
                "lam": self.model_.lam.detach().numpy().copy(), "n_params": np.int64(self.n_params_)}
         if b.back is not None:
             out["back"] = b.back
-        for u, (phi, back, k) in enumerate(getattr(self, "full_bases_", [])):
-            out[f"full.{u}.phi"], out[f"full.{u}.back"], out[f"full.{u}.k"] = phi, back, np.int64(k)
+        if self.recipe.beyond == "keep":  # the released padding's rows past k enter the logits only then
+            for u, (phi, back, k) in enumerate(getattr(self, "full_bases_", [])):
+                out[f"full.{u}.phi"], out[f"full.{u}.back"], out[f"full.{u}.k"] = phi, back, np.int64(k)
         return out
 
     def restore(self, state: dict, text) -> "ResiDualRecipe":
@@ -270,10 +275,7 @@ class ResiDualRecipe(Estimator):
                                 state["components"].astype(np.float32), state["owner"].astype(np.int64),
                                 state["explained"].astype(np.float32), float(r.variance),
                                 back=state["back"].astype(np.float32) if "back" in state else None)
-        head = FrozenHead(text)
-        back = self.bases_.back if self.bases_.back is not None else self.bases_.components
-        psi = torch.from_numpy(back) @ head.w1.T if r.pca else None
-        self.model_ = RecipeModel(head, state["lam"].astype(np.float32), psi, 1.0 if identity_form(r) else 0.0).eval()
+        self.model_ = self._model(FrozenHead(text), state["lam"].astype(np.float32)).eval()
         self.lam_ = state["lam"].astype(np.float32)
         self.n_params_, self.history_ = int(state["n_params"]), []
         return self
